@@ -1,0 +1,132 @@
+"""Turning logits into the next token: repetition penalty, temperature, top-k, top-p, seeded draws.
+
+Order (as in OpenAI's and Hugging Face's samplers): penalty → temperature → top-k → top-p → draw.
+Randomness only ever comes from a per-request `torch.Generator`, never torch's global RNG, so two
+concurrent requests with the same seed each get exactly the text they would get alone.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+
+MAX_TEMPERATURE = 10.0
+MAX_REPETITION_PENALTY = 10.0
+MAX_SEED = 2**63 - 1
+
+
+def _number(name: str, value: object) -> float:
+    # bool is an int subclass; "True" as a temperature is a client bug, not a number.
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def as_int(name: str, value: object) -> int:
+    """`value` as an int, accepting integral floats (sliders send 40.0) and rejecting anything else."""
+    number = _number(name, value)
+    if number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
+
+    def __post_init__(self) -> None:
+        t = _number("temperature", self.temperature)
+        if not 0.0 <= t <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g} (0 = greedy), got {t:g}")
+        k = as_int("top_k", self.top_k)
+        if k < 0:
+            raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {k}")
+        p = _number("top_p", self.top_p)
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"top_p must be greater than 0 and at most 1 (1 = off), got {p:g}")
+        r = _number("repetition_penalty", self.repetition_penalty)
+        if not 1.0 <= r <= MAX_REPETITION_PENALTY:
+            raise ValueError(
+                f"repetition_penalty must be between 1 (off) and {MAX_REPETITION_PENALTY:g}, got {r:g}"
+            )
+        # Normalise types (frozen dataclass: go through object.__setattr__).
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "top_p", p)
+        object.__setattr__(self, "repetition_penalty", r)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `(B, V)` of the distribution actually sampled from (-inf outside the kept set).
+
+        `seen` is a boolean `(B, V)` (or `(V,)`) mask of tokens already in the sequence, for the
+        repetition penalty (CTRL's rule: positive logits divided by the penalty, negative multiplied).
+        For greedy decoding the result keeps only the argmax.
+        """
+        x = logits.float()
+        if self.repetition_penalty != 1.0 and seen is not None:
+            penalised = torch.where(x > 0, x / self.repetition_penalty, x * self.repetition_penalty)
+            x = torch.where(seen, penalised, x)
+        if self.greedy:
+            keep = torch.zeros_like(x, dtype=torch.bool)
+            keep.scatter_(-1, x.argmax(dim=-1, keepdim=True), True)
+            return x.masked_fill(~keep, float("-inf"))
+        x = x / self.temperature
+        if 0 < self.top_k < x.shape[-1]:
+            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]  # (B, 1)
+            x = x.masked_fill(x < kth, float("-inf"))
+        if self.top_p < 1.0:
+            x = _top_p(x, self.top_p)
+        return x
+
+    def choose(self, processed: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draw one token per row `(B,)` from processed logits."""
+        if self.greedy:
+            return processed.argmax(dim=-1)
+        probs = torch.softmax(processed, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _top_p(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probabilities add up to at least p."""
+    sorted_logits, sorted_idx = torch.sort(x, dim=-1, descending=True)
+    cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    # A token is dropped when the tokens before it already reach p; the top token always stays.
+    drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_idx, drop_sorted)
+    return x.masked_fill(drop, float("-inf"))
+
+
+def resolve_seed(seed: object = None) -> int:
+    """The seed to use: `seed` itself (validated), or a fresh random one when it is None/empty."""
+    if seed is None or (isinstance(seed, str) and not seed.strip()):
+        return secrets.randbelow(2**31)
+    if isinstance(seed, str):
+        try:
+            seed = int(seed.strip())
+        except ValueError:
+            raise ValueError(f"seed must be a whole number, got {seed!r}") from None
+    value = as_int("seed", seed)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {value}")
+    return value
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

@@ -1,0 +1,77 @@
+"""Shared fixtures: GPT-2's BPE files from ../shared, tiktoken's reference encoding offline, models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2 import GPT2, GPT2Config, Tokenizer, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# CI clones main with shared/ beside it; GPT2_BPE_DIR overrides (e.g. a weights/ folder).
+BPE_DIR = Path(os.environ.get("GPT2_BPE_DIR", ROOT.parent / "shared" / "gpt2-bpe"))
+TIKTOKEN_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+# Full 124M width; fewer layers keep the suite fast (width is what catches transposes and head splits).
+WIDE = GPT2Config(n_layer=2)
+TINY = GPT2Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="session")
+def bpe_dir() -> Path:
+    if not (BPE_DIR / "encoder.json").is_file():
+        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}; set GPT2_BPE_DIR")
+    return BPE_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bpe_dir: Path) -> Tokenizer:
+    return load_tokenizer(bpe_dir)
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(bpe_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiktoken cache pre-filled with the pinned files, so `tiktoken.get_encoding("gpt2")` — the
+    reference encoding — works with no network. tiktoken names cache entries by sha1 of the URL."""
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    for name, url in TIKTOKEN_URLS.items():
+        shutil.copy(bpe_dir / name, cache / hashlib.sha1(url.encode()).hexdigest())
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+def random_model(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
+    """A GPT2 with random weights, biases and LayerNorm parameters included (so none is a no-op)."""
+    torch.manual_seed(seed)
+    model = GPT2(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def wide_model() -> GPT2:
+    return random_model(WIDE, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> GPT2:
+    return random_model(TINY, seed=2)
