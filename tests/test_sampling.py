@@ -1,0 +1,123 @@
+"""Sampling transforms, seeded draws and argument checks."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from gpt2 import SamplingParams, generate, generate_steps
+from gpt2.sampling import make_generator, resolve_seed
+
+
+def tokens(model, tokenizer, prompt="Hello there", **kw):
+    return [s.token for s in generate_steps(model, tokenizer, prompt, **kw) if s.token is not None]
+
+
+def test_temperature_zero_and_top_k_one_are_greedy(tiny_model, tokenizer):
+    greedy = tokens(tiny_model, tokenizer, max_new_tokens=30, temperature=0)
+    assert len(greedy) > 1
+    assert tokens(tiny_model, tokenizer, max_new_tokens=30, temperature=0.9, top_k=1, seed=7) == greedy
+    assert tokens(tiny_model, tokenizer, max_new_tokens=30, temperature=0, seed=123) == greedy
+    # and greedy is the argmax of the raw logits at every step
+    for s in generate_steps(tiny_model, tokenizer, "Hello there", max_new_tokens=10, temperature=0):
+        if s.token is not None:
+            assert s.token == int(s.logits.argmax())
+
+
+def _kept_set(logits: torch.Tensor, temperature: float, k: int, p: float) -> set[int]:
+    """The allowed tokens, computed independently with plain Python over sorted probabilities."""
+    scaled = (logits / temperature).tolist()
+    order = sorted(range(len(scaled)), key=lambda i: -scaled[i])
+    if k:
+        order = order[:k]
+    m = max(scaled[i] for i in order)
+    weights = [math.exp(scaled[i] - m) for i in order]
+    total = sum(weights)
+    kept, acc = [], 0.0
+    for i, w in zip(order, weights):
+        kept.append(i)
+        acc += w / total
+        if acc >= p:
+            break
+    return set(kept)
+
+
+@pytest.mark.parametrize("temperature,k,p", [(1.0, 5, 1.0), (0.7, 0, 0.5), (1.3, 40, 0.9), (1.0, 0, 0.05)])
+def test_draws_stay_inside_top_k_top_p(temperature, k, p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 500, generator=g) * 3
+    params = SamplingParams(temperature, k, p)
+    allowed = _kept_set(logits[0], temperature, k, p)
+    processed = params.process(logits)
+    assert set(torch.isfinite(processed[0]).nonzero().flatten().tolist()) == allowed
+    gen = make_generator(1)
+    draws = {int(params.choose(processed, gen)[0]) for _ in range(400)}
+    assert draws <= allowed
+    if len(allowed) > 1:
+        assert len(draws) > 1  # it really samples
+
+
+def test_repetition_penalty_matches_ctrl_rule():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = SamplingParams(temperature=1.0, repetition_penalty=2.0).process(logits, seen)
+    assert torch.allclose(out, torch.tensor([[1.0, -2.0, 0.5, 3.0]]))
+
+
+def test_same_seed_same_text_different_seed_different_text(tiny_model, tokenizer):
+    kw = dict(max_new_tokens=40, temperature=1.0, top_k=0)
+    a = "".join(generate(tiny_model, tokenizer, "Once upon a time", seed=42, **kw))
+    b = "".join(generate(tiny_model, tokenizer, "Once upon a time", seed=42, **kw))
+    c = "".join(generate(tiny_model, tokenizer, "Once upon a time", seed=43, **kw))
+    assert a == b and a != c and len(a) > 0
+
+
+def test_concurrent_requests_with_same_seed_match_solo(tiny_model, tokenizer):
+    kw = dict(max_new_tokens=40, temperature=1.0, top_p=0.95, seed=5)
+    solo = "".join(generate(tiny_model, tokenizer, "Concurrency", **kw))
+    results: list[str] = [""] * 4
+
+    def run(i: int) -> None:
+        # interleave with the global RNG being used elsewhere: it must not matter
+        torch.manual_seed(i)
+        torch.rand(10)
+        results[i] = "".join(generate(tiny_model, tokenizer, "Concurrency", **kw))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [solo] * 4
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(top_k=-3), "top_k"),
+        (dict(top_k=2.5), "top_k"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(repetition_penalty=0.5), "repetition_penalty"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=10**9), "max_new_tokens"),
+        (dict(max_new_tokens=True), "max_new_tokens"),
+        (dict(seed="abc"), "seed"),
+        (dict(seed=-1), "seed"),
+        (dict(stop=[1, 2]), "stop"),
+    ],
+)
+def test_invalid_arguments_raise_readable_value_error(tiny_model, tokenizer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_model, tokenizer, "hi", **kwargs)
+
+
+def test_resolve_seed():
+    assert resolve_seed(12) == 12 and resolve_seed(" 7 ") == 7 and resolve_seed(3.0) == 3
+    assert 0 <= resolve_seed(None) < 2**31 and 0 <= resolve_seed("") < 2**31
