@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .fast import FastGPT2, runner_for
 from .model import GPT2
 from .sampling import SamplingParams, as_int, make_generator, resolve_seed
 from .tokenizer import Tokenizer
@@ -121,15 +122,19 @@ class _Decoder:
 
     GPT-2 has absolute position embeddings, so a full cache cannot simply be shifted: when it is full,
     the last 3/4 of the context is run again from position 0 and decoding continues from there.
+    A plain `GPT2` runs through its fast path (`runner_for`: same dtype, weights packed once).
     """
 
-    def __init__(self, model: GPT2, context: list[int]) -> None:
-        self.model = model
+    def __init__(self, model: GPT2 | FastGPT2, context: list[int], n_new: int) -> None:
+        self.model = runner_for(model)
+        self.fast = isinstance(self.model, FastGPT2)
         self.n_ctx = model.config.n_ctx
         self.keep = self.n_ctx - self.n_ctx // 4
-        self.device = model.wte.weight.device
+        self.device = model_device(model)
         self.window = list(context[-self.n_ctx :])
-        self.cache = model.new_cache()
+        # Only as many slots as this request can fill (prompt + new tokens, at most the context): a
+        # full 1024-slot cache is 75 MB to allocate and zero for every request of the 124M model.
+        self.cache = self.model.new_cache(max_len=min(self.n_ctx, len(self.window) + n_new))
 
     @torch.no_grad()  # per call, never across a yield: a generator may resume on another thread
     def first(self) -> torch.Tensor:
@@ -138,10 +143,14 @@ class _Decoder:
     @torch.no_grad()
     def next(self, token: int) -> torch.Tensor:
         self.window.append(token)
-        if self.cache.length >= self.n_ctx:
+        if self.cache.length >= self.cache.max_len:
             self.window = self.window[-self.keep :]
+            if self.cache.max_len < self.n_ctx:  # (not reached: sized for the whole request)
+                self.cache = self.model.new_cache()
             self.cache.reset()
             return self._prefill()
+        if self.fast:
+            return self.model.decode_one(token, self.cache)[0]
         idx = torch.tensor([token], device=self.device)
         return self.model.decode_one(idx, self.cache)[0].float()
 
@@ -150,8 +159,12 @@ class _Decoder:
         return self.model.prefill(idx, self.cache)[0].float()  # (V,)
 
 
+def model_device(model: GPT2 | FastGPT2) -> torch.device:
+    return model.device if isinstance(model, FastGPT2) else model.wte.weight.device
+
+
 def generate_steps(
-    model: GPT2,
+    model: GPT2 | FastGPT2,
     tokenizer: Tokenizer,
     prompt: str,
     *,
@@ -165,18 +178,19 @@ def generate_steps(
 ) -> Iterator[Step]:
     """Generate from `prompt`, one `Step` per token and a final `Step(token=None)`.
 
+    `model` is a `GPT2` (run through its exact fast path) or a `FastGPT2` in any precision.
     Arguments are checked before anything runs; a bad one raises ValueError with a readable message.
     """
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     n_new = check_max_new_tokens(max_new_tokens)
     stops = normalize_stop(stop)
-    generator = make_generator(resolve_seed(seed), model.wte.weight.device)
+    generator = make_generator(resolve_seed(seed), model_device(model))
     ids = prompt_ids(tokenizer, prompt)
     return _steps(model, tokenizer, ids, params, n_new, stops, generator)
 
 
 def _steps(
-    model: GPT2,
+    model: GPT2 | FastGPT2,
     tokenizer: Tokenizer,
     ids: list[int],
     params: SamplingParams,
@@ -184,7 +198,7 @@ def _steps(
     stops: list[str],
     generator: torch.Generator,
 ) -> Iterator[Step]:
-    decoder = _Decoder(model, ids)
+    decoder = _Decoder(model, ids, n_new)
     seen = torch.zeros(model.config.n_vocab, dtype=torch.bool, device=decoder.device)
     seen[torch.tensor(ids, device=decoder.device)] = True
     stream = TextStream(stops)
@@ -208,7 +222,7 @@ def _steps(
 
 
 def generate(
-    model: GPT2,
+    model: GPT2 | FastGPT2,
     tokenizer: Tokenizer,
     prompt: str,
     *,

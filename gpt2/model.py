@@ -64,6 +64,8 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0
+        # Per-layer (k, v) views made once, so a decode step does not re-slice the buffers per layer.
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
     @property
     def batch_size(self) -> int:
