@@ -39,9 +39,7 @@ TINY = GPT2Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
 @pytest.fixture(scope="session")
 def bpe_dir() -> Path:
     if not (BPE_DIR / "encoder.json").is_file():
-        pytest.fail(
-            f"GPT-2 BPE files not found in {BPE_DIR}: set GPT2_BPE_DIR or run `python -m convert`"
-        )
+        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}: set GPT2_BPE_DIR or run `python -m convert`")
     return BPE_DIR
 
 
