@@ -7,7 +7,7 @@ thin: they check the request, then iterate `stream_generation`, the one place th
 consumes `Step`s from a step source (`gpt2.generate_steps` by default), so a batching scheduler or another
 precision can be plugged in through `build_demo(step_source=...)` without touching the UI.
 
-API (all streaming, parameters by name, see docs/app.md):
+API (all streaming, parameters by name, see README.md, "Using the API"):
     /generate             the continuation so far, as a string, at each update
     /generate_with_probs  the same plus per-token probabilities, alternatives and perplexity, as JSON
 """
@@ -33,6 +33,7 @@ import gradio as gr
 import torch
 
 from gpt2 import GPT2, Step, Tokenizer, generate_steps, list_models, load_model, load_tokenizer, read_metadata
+from gpt2.fast import PRECISIONS, FastGPT2, resolve_precision
 from gpt2.generation import normalize_stop, prompt_ids
 from gpt2.inspect import PromptProbs, TokenProbs, continuation_summary, prompt_probs, token_probs
 from gpt2.sampling import resolve_seed
@@ -105,6 +106,7 @@ class ModelRegistry:
         *,
         directory: Path | None = None,
         device: str | None = None,
+        precision: str = "fp32",
         max_loaded: int = 2,
     ) -> None:
         if not paths:
@@ -113,12 +115,18 @@ class ModelRegistry:
         self.tokenizer = tokenizer
         self.directory = directory  # re-scanned when a request names a model converted after start-up
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if precision != "fp32" and not self.device.startswith("cpu"):
+            raise ValueError(f"precision {precision!r} is a CPU mode; on {self.device} use fp32")
+        # bf16/int8 fall back to fp32 (with a warning) on CPUs without native bf16.
+        self.precision = resolve_precision(precision)
         self.max_loaded = max_loaded
-        self._models: OrderedDict[str, GPT2] = OrderedDict()
+        self._models: OrderedDict[str, GPT2 | FastGPT2] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str], device: str | None = None) -> "ModelRegistry":
+    def from_path(
+        cls, path: str | os.PathLike[str], device: str | None = None, precision: str = "fp32"
+    ) -> "ModelRegistry":
         """Every converted model in a folder, or the single model in a weights file."""
         path = Path(path)
         if path.is_file():
@@ -134,7 +142,7 @@ class ModelRegistry:
             )
         has_bpe = all((bpe / name).is_file() for name in BPE_FILE_SHA256)
         tokenizer = load_tokenizer(bpe if has_bpe else None)
-        return cls(paths, tokenizer, directory=directory, device=device)
+        return cls(paths, tokenizer, directory=directory, device=device, precision=precision)
 
     @property
     def names(self) -> list[str]:
@@ -158,11 +166,17 @@ class ModelRegistry:
             raise ValueError(f"unknown model {name[:80]!r}; available: {', '.join(self.names)}")
         return name
 
-    def get(self, name: str) -> GPT2:
+    @property
+    def device_label(self) -> str:
+        return self.device if self.precision == "fp32" else f"{self.device}, {self.precision}"
+
+    def get(self, name: str) -> GPT2 | FastGPT2:
         name = self.check_name(name)
         with self._lock:  # two first requests for one model load it once
             if name not in self._models:
                 model = load_model(self.paths[name], device=self.device)
+                if self.precision != "fp32":  # packed bf16/int8 weights; the fp32 copy is dropped
+                    model = FastGPT2(model, self.precision)
                 self._models[name] = model
                 while len(self._models) > self.max_loaded:
                     self._models.popitem(last=False)
@@ -328,7 +342,7 @@ def stream_generation(
         seed=request.seed,
         stop=list(request.stop),
     )
-    progress = Progress("", request, registry.device, n_prompt=len(ids))
+    progress = Progress("", request, registry.device_label, n_prompt=len(ids))
     pieces: list[str] = []
     last_yield = -math.inf
     try:
@@ -515,7 +529,7 @@ def tokens_html(prompt_part: str, gen_spans: list[str]) -> str:
 
 
 def probs_payload(p: Progress) -> dict[str, Any]:
-    """The JSON /generate_with_probs streams (documented in docs/app.md)."""
+    """The JSON /generate_with_probs streams (documented in README.md, "Using the API")."""
     return {
         "text": p.text,
         "done": p.done,
@@ -610,7 +624,7 @@ def build_demo(
     ) -> Iterator[dict]:
         """Like /generate, but every update is a JSON object: the text so far, each generated token's
         probability (sampled and raw), rank, entropy and top-5 alternatives, the prompt's per-token
-        probabilities and perplexity, and live stats (see docs/app.md for the fields).
+        probabilities and perplexity, and live stats (see README.md, "Using the API" for the fields).
 
         Args:
             prompt: text to continue (at most 20,000 characters)
@@ -779,6 +793,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a converted .safetensors file or folder")
     ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
     ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("GPT2_PRECISION", "fp32"),
+        help="CPU weights: fp32 (exact), bf16 or int8 (faster, see README 'Speed'); env GPT2_PRECISION",
+    )
+    ap.add_argument(
         "--mcp",
         action="store_true",
         default=os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes"),
@@ -789,9 +809,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def batching_step_source() -> tuple[StepSource, int | None]:
     """The step source the Space serves with, and its concurrency: the batching scheduler, decoding up to
-    GPT2_MAX_BATCH (default 8) requests together (docs/batching.md), or plain `generate_steps` when
-    GPT2_MAX_BATCH is 0 or 1, or on ZeroGPU (its GPU exists only inside each handler call, not in the
-    scheduler's worker thread)."""
+    GPT2_MAX_BATCH (default 8) requests together (README.md, "Many users at once"), or plain
+    `generate_steps` when GPT2_MAX_BATCH is 0 or 1, or on ZeroGPU (its GPU exists only inside each
+    handler call, not in the scheduler's worker thread)."""
     max_batch = int(os.environ.get("GPT2_MAX_BATCH", "8"))
     if max_batch <= 1 or spaces is not None:
         return generate_steps, None
@@ -803,10 +823,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.mcp and importlib.util.find_spec("mcp") is None:
         sys.exit("--mcp needs Gradio's MCP extra: pip install 'gradio[mcp]==6.31.0'")
     try:
-        registry = ModelRegistry.from_path(args.weights)
+        registry = ModelRegistry.from_path(args.weights, precision=args.precision)
     except (NoWeightsError, ValueError, RuntimeError) as exc:
         sys.exit(str(exc))
-    print(f"models: {', '.join(registry.names)} · device: {registry.device}", flush=True)
+    print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
     registry.get(registry.default)  # warm the default model so the first visitor does not wait
     step_source, concurrency = batching_step_source()
     demo = build_demo(registry, step_source=step_source, concurrency=concurrency)

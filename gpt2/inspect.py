@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .fast import FastGPT2
+from .generation import model_device
 from .model import GPT2
 from .tokenizer import Tokenizer
 
@@ -117,7 +119,7 @@ def token_probs(
 
 
 @torch.no_grad()
-def prompt_probs(model: GPT2, tokenizer: Tokenizer, ids: Sequence[int]) -> PromptProbs:
+def prompt_probs(model: GPT2 | FastGPT2, tokenizer: Tokenizer, ids: Sequence[int]) -> PromptProbs:
     """Score prompt tokens `ids` with one forward pass over all positions (see `PromptProbs`)."""
     ids = list(ids)
     if not ids:
@@ -125,7 +127,7 @@ def prompt_probs(model: GPT2, tokenizer: Tokenizer, ids: Sequence[int]) -> Promp
     n_ctx = model.config.n_ctx
     window = ([tokenizer.eot_token] + ids)[-n_ctx:]  # context fed to the model
     n_unscored = len(ids) - (len(window) - 1)  # tokens before the window: no context left to score them
-    device = model.wte.weight.device
+    device = model_device(model)
     logits = model(torch.tensor([window], device=device))[0].float()  # (T, V)
     logp = torch.log_softmax(logits[:-1], dim=-1)  # position i predicts window[i + 1]
     targets = torch.tensor(window[1:], device=device)

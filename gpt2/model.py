@@ -193,14 +193,20 @@ class GPT2(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.n_vocab, config.n_embd)
-        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
+        # `_weight=empty` skips nn.Embedding's own init: `_init_weights` below does it (on a real device).
+        self.wte = nn.Embedding(
+            config.n_vocab, config.n_embd, _weight=torch.empty(config.n_vocab, config.n_embd)
+        )
+        self.wpe = nn.Embedding(config.n_ctx, config.n_embd, _weight=torch.empty(config.n_ctx, config.n_embd))
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd)
         # Tied: logits = h @ wte.T (OpenAI's checkpoints have no head variable). Untied only when a
         # checkpoint brings its own head.
         self.lm_head = None if config.tied_head else nn.Linear(config.n_embd, config.n_vocab, bias=False)
-        self.apply(self._init_weights)
+        if self.wte.weight.device.type != "meta":
+            # On the meta device (shape checks, loading with assign=True) there is nothing to
+            # initialise, and torch's meta normal_ costs seconds on first use.
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

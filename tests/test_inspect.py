@@ -84,7 +84,10 @@ def test_token_probs_equal_reference_softmax(pair, tokenizer, temperature, top_k
         assert abs(info.raw_prob - raw[tok].item()) <= TOL
         assert abs(info.prob - sampled[tok].item()) <= TOL
         assert abs(info.logprob - math.log(raw[tok].item())) <= 1e-3
-        assert info.rank == int((raw > raw[tok]).sum()) + 1
+        # Our logits and HF's agree to ~1e-6, so among the tens of thousands of near-equal tail
+        # probabilities a token's rank is only defined up to ties within that tolerance.
+        eps = 1e-5 * raw[tok].item()
+        assert int((raw > raw[tok] + eps).sum()) + 1 <= info.rank <= int((raw > raw[tok] - eps).sum()) + 1
         entropy = -(raw * raw.log()).sum().item()
         assert abs(info.entropy - entropy) <= 1e-3
         top = raw.topk(5)

@@ -10,7 +10,7 @@ import gpt2.fast as fast_mod
 from gpt2.fast import PRECISIONS, FastGPT2, PackedLinear, bf16_supported, resolve_precision
 
 # max |logits − fp32 logits| / max |fp32 logits|. Measured on random 768-wide weights: fp32 ~1e-6,
-# bf16 ~7e-3 (2 layers) / 9e-3 (12 layers), int8 ~2e-2 / 3e-2. Real checkpoints are reported in docs/speed.md.
+# bf16 ~7e-3 (2 layers) / 9e-3 (12 layers), int8 ~2e-2 / 3e-2. See README.md, "Speed".
 REL_TOL = {"fp32": 1e-5, "bf16": 2e-2, "int8": 6e-2}
 
 needs_bf16 = pytest.mark.skipif(
