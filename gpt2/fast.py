@@ -272,12 +272,20 @@ class FastGPT2:
         S = int(positions.max()) + 1
         mask = (torch.arange(S, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
         x = (F.embedding(tokens, self.wte) + self.wpe[positions]).unsqueeze(1)  # (B, 1, C)
+        # Rows that are one block of slots (the scheduler hands out the lowest free slots) are read
+        # through a slice, a view; any other set is gathered, which copies every row's keys and values.
+        r0 = int(rows[0])
+        block_rows = bool(torch.equal(rows, torch.arange(r0, r0 + B, device=rows.device)))
         for block, (k_cache, v_cache) in zip(self.blocks, cache.layers):
             h = F.layer_norm(x, (C,), *block.ln_1, LN_EPS)
             q, k, v = block.c_attn(h).float().view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
             k_cache[rows, :, positions] = k[:, :, 0]  # (B, nh, hs) into each row's own slot
             v_cache[rows, :, positions] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, k_cache[rows, :, :S], v_cache[rows, :, :S], attn_mask=mask)
+            if block_rows:
+                keys, values = k_cache[r0 : r0 + B, :, :S], v_cache[r0 : r0 + B, :, :S]  # (B, nh, S, hs)
+            else:
+                keys, values = k_cache[rows, :, :S], v_cache[rows, :, :S]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = block.c_proj.add_to(y.transpose(1, 2).reshape(B, 1, C), x)
             h = F.layer_norm(x, (C,), *block.ln_2, LN_EPS)
             x = block.mlp_proj.add_to(block.c_fc(h, gelu=True), x)

@@ -137,13 +137,15 @@ def test_fast_rejects_bad_input(wide_model, fast):
         )
 
 
-def test_fast_decode_rows_equals_each_row_alone(wide_model, fast):
-    """Continuous batching on the packed weights: rows of different lengths in shared cache slots."""
+@pytest.mark.parametrize("slots", [(0, 2, 3), (1, 2, 3)], ids=["gathered", "block-of-slots"])
+def test_fast_decode_rows_equals_each_row_alone(wide_model, fast, slots):
+    """Continuous batching on the packed weights: rows of different lengths in shared cache slots,
+    read by gathering (scattered slots) or through a slice (one block of slots)."""
     g = torch.Generator().manual_seed(4)
     seqs = [torch.randint(0, WIDE.n_vocab, (n,), generator=g) for n in (5, 9, 3)]
     shared = fast.new_cache(batch_size=4, max_len=32)
     alone = []
-    for slot, seq in zip((0, 2, 3), seqs):
+    for slot, seq in zip(slots, seqs):
         single = fast.new_cache(max_len=32)  # the prompt goes into its slot through a one-row cache
         fast.prefill(seq[None, :-1], single)
         shared.k[:, slot : slot + 1] = single.k
@@ -151,21 +153,21 @@ def test_fast_decode_rows_equals_each_row_alone(wide_model, fast):
         alone.append(fast.decode_one(int(seq[-1]), single)[0])
     tokens = torch.stack([s[-1] for s in seqs])
     positions = torch.tensor([len(s) - 1 for s in seqs])
-    got = fast.decode_rows(tokens, positions, shared, torch.tensor([0, 2, 3]))
+    got = fast.decode_rows(tokens, positions, shared, torch.tensor(slots))
     assert got.shape == (3, WIDE.n_vocab)
     for b in range(3):
         assert (got[b] - alone[b]).abs().max().item() <= TOL
     with torch.no_grad():
         want = wide_model.decode_rows(
-            tokens, positions, shared_plain(wide_model, seqs), torch.tensor([0, 2, 3])
+            tokens, positions, shared_plain(wide_model, seqs, slots), torch.tensor(slots)
         )
     assert (got - want).abs().max().item() <= TOL
 
 
-def shared_plain(model, seqs):
+def shared_plain(model, seqs, slots):
     cache = model.new_cache(batch_size=4, max_len=32)
     with torch.no_grad():
-        for slot, seq in zip((0, 2, 3), seqs):
+        for slot, seq in zip(slots, seqs):
             single = model.new_cache(max_len=32)
             model.prefill(seq[None, :-1], single)
             cache.k[:, slot : slot + 1] = single.k

@@ -60,6 +60,23 @@ def test_draws_stay_inside_top_k_top_p(temperature, k, p):
         assert len(draws) > 1  # it really samples
 
 
+@pytest.mark.parametrize("scale,p", [(4.0, 0.9), (1.0, 0.9), (4.0, 0.3)], ids=["narrow", "wide", "small"])
+def test_full_vocab_nucleus_equals_definition(scale, p):
+    """Full-size vocabulary: the nucleus found among the top candidates (narrow) or by a full sort
+    (wide: more than a thousand tokens needed) is exactly the definition's set; draws stay inside."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 50257, generator=g) * scale
+    params = SamplingParams(1.0, 0, p)
+    processed = params.process(logits)
+    for row in range(2):
+        allowed = _kept_set(logits[row], 1.0, 0, p)
+        assert set(torch.isfinite(processed[row]).nonzero().flatten().tolist()) == allowed
+    gen = make_generator(2)
+    for _ in range(50):
+        picks = params.choose(processed, gen)
+        assert all(bool(torch.isfinite(processed[r, int(t)])) for r, t in enumerate(picks))
+
+
 def test_repetition_penalty_matches_ctrl_rule():
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     seen = torch.tensor([[True, True, False, False]])
