@@ -104,6 +104,11 @@ class SamplingParams:
         n_kept = int(torch.isfinite(processed).sum(dim=-1).max())
         if n_kept <= _SMALL_SUPPORT:
             values, idx = processed.topk(n_kept, dim=-1)  # (B, n): rows with fewer keep -inf tails
+            # Candidates in token-id order, not probability order: then a last-bit difference in the
+            # logits (a batched matmul rounds differently) can only move a draw that lands right on a
+            # boundary, instead of swapping two near-equal candidates under the same random number.
+            idx, order = idx.sort(dim=-1)
+            values = values.gather(-1, order)
             pick = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)  # (B, 1)
             return idx.gather(-1, pick).squeeze(-1)
         probs = torch.softmax(processed, dim=-1)
