@@ -94,21 +94,38 @@ class SamplingParams:
             x = _top_p(x, self.top_p)
         return x
 
-    def choose(self, processed: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Draw one token per row `(B,)` from processed logits."""
+    def candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The kept tokens of each row as `(logits, token ids)`, both `(B, n)`, in token-id order; None
+        when more than a few thousand are kept (then `choose` draws over the whole vocabulary).
+
+        Token-id order, not probability order: a last-bit difference in the logits (a batched matmul
+        rounds differently) can then only move a draw that lands right on a boundary, instead of
+        swapping two near-equal candidates under the same random number. Rows that keep fewer than
+        `n` tokens carry -inf entries (probability 0).
+        """
+        n_kept = int(torch.isfinite(processed).sum(dim=-1).max())
+        if n_kept > _SMALL_SUPPORT:
+            return None
+        values, idx = processed.topk(n_kept, dim=-1)  # (B, n)
+        idx, order = idx.sort(dim=-1)
+        return values.gather(-1, order), idx
+
+    def choose(
+        self,
+        processed: torch.Tensor,
+        generator: torch.Generator | None,
+        candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Draw one token per row `(B,)` from processed logits (`candidates`: precomputed for them)."""
         if self.greedy:
             return processed.argmax(dim=-1)
         # Draw among the kept tokens only: after top-k/top-p they are usually a few dozen of 50257, and
         # a draw over 50257 probabilities costs ~1 ms a row — more than a batched decode step's share.
-        # Same distribution (the dropped tokens have probability 0), one draw per row as before.
-        n_kept = int(torch.isfinite(processed).sum(dim=-1).max())
-        if n_kept <= _SMALL_SUPPORT:
-            values, idx = processed.topk(n_kept, dim=-1)  # (B, n): rows with fewer keep -inf tails
-            # Candidates in token-id order, not probability order: then a last-bit difference in the
-            # logits (a batched matmul rounds differently) can only move a draw that lands right on a
-            # boundary, instead of swapping two near-equal candidates under the same random number.
-            idx, order = idx.sort(dim=-1)
-            values = values.gather(-1, order)
+        # Same distribution (the dropped tokens have probability 0), one draw per row.
+        if candidates is None:
+            candidates = self.candidates(processed)
+        if candidates is not None:
+            values, idx = candidates
             pick = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)  # (B, 1)
             return idx.gather(-1, pick).squeeze(-1)
         probs = torch.softmax(processed, dim=-1)

@@ -399,15 +399,58 @@ class BatchScheduler:
             logits = self._decode_rows(tokens, positions, self._cache, slots).float()  # (B, V)
             # clone: a Step must not keep the whole (B, V) batch tensor alive.
             rows = [row.clone() for row in logits]
-        for request, row in zip(batch, rows):
+        for request in batch:
             request.length += 1
-            self._guarded([request], self._sample, request, row)  # a bad row fails alone
+        prepared = self._prepare_sampling(batch, rows)
+        for request, row, (processed, candidates) in zip(batch, rows, prepared):
+            # a bad row fails alone
+            self._guarded([request], self._sample, request, row, processed, candidates)
 
-    def _sample(self, request: _Request, logits: torch.Tensor) -> None:
+    @staticmethod
+    def _prepare_sampling(batch: list[_Request], rows: list[torch.Tensor]) -> list[tuple]:
+        """Transform the logits of rows that share sampling settings in one batched call each.
+
+        Only where that is exact to the bit, so a row still gets what it would get alone: penalty,
+        temperature, top-k and argmax are elementwise or selections (top-p's softmax/cumsum is left
+        per row), and shared candidates only when every row of the group keeps the same number.
+        Returns `(processed, candidates)` per row, `(None, None)` where `_sample` does it alone.
+        """
+        prepared: list[tuple] = [(None, None)] * len(batch)
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, request in enumerate(batch):
+            if request.params.top_p == 1.0:
+                groups.setdefault(request.params, []).append(i)
+        for params, members in groups.items():
+            if len(members) < 2:
+                continue
+            try:
+                logits = torch.stack([rows[i] for i in members])  # (G, V)
+                seen = torch.stack([batch[i].seen for i in members])  # (G, V)
+                processed = params.process(logits, seen)
+                candidates = None
+                if not params.greedy:
+                    kept = torch.isfinite(processed).sum(dim=-1)
+                    if bool((kept == kept[0]).all()):
+                        candidates = params.candidates(processed)
+            except Exception:  # leave this group to the per-row path, which fails rows one by one
+                continue
+            for j, i in enumerate(members):
+                row_candidates = None if candidates is None else tuple(c[j : j + 1] for c in candidates)
+                prepared[i] = (processed[j], row_candidates)
+        return prepared
+
+    def _sample(
+        self,
+        request: _Request,
+        logits: torch.Tensor,
+        processed: torch.Tensor | None = None,
+        candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """One iteration of `generation._steps`' loop body for this request, same order of draws."""
         params = request.params
-        processed = params.process(logits, request.seen)
-        token = int(params.choose(processed.unsqueeze(0), request.generator)[0])
+        if processed is None:
+            processed = params.process(logits, request.seen)
+        token = int(params.choose(processed.unsqueeze(0), request.generator, candidates)[0])
         request.produced += 1
         if token == self.tokenizer.eot_token:
             return self._finish(request, "eot")

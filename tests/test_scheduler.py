@@ -97,6 +97,27 @@ def test_concurrent_requests_match_running_alone(tiny_model, tokenizer):
     )
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [dict(temperature=0.9, top_k=40, repetition_penalty=1.3), dict(temperature=0.0, repetition_penalty=1.1)],
+    ids=["top-k", "greedy"],
+)
+def test_rows_sharing_settings_are_transformed_together_exactly(tiny_model, tokenizer, settings):
+    """Requests with equal sampling settings go through one batched logits transform and shared
+    candidates; each still gets the text it gets alone, with processed logits equal to alone's."""
+    requests = [
+        (f"Shared settings, prompt {i}: " * (1 + i % 3), dict(settings, max_new_tokens=40, seed=i))
+        for i in range(6)
+    ]
+    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=6, max_queue=8)
+    try:
+        got = run_concurrently(scheduler, requests)
+    finally:
+        scheduler.close()
+    assert scheduler.max_rows_seen >= 2
+    assert got == [alone(tiny_model, tokenizer, p, **kw) for p, kw in requests]
+
+
 def test_lone_request_is_bit_identical_including_logits(tiny_model, tokenizer, scheduler):
     kw = dict(max_new_tokens=120, temperature=0.9, top_k=50, repetition_penalty=1.2, seed=7)
     ref = list(generate_steps(tiny_model, tokenizer, "A lone request " * 8, **kw))
