@@ -189,6 +189,8 @@ def default_concurrency(device: str) -> int:
     already uses every core); a GPU interleaves several without slowing each much."""
     env = os.environ.get("GPT2_CONCURRENCY")
     if env:
+        if not env.strip().isdigit():
+            raise ValueError(f"GPT2_CONCURRENCY must be a whole number, got {env!r}")
         return max(1, int(env))
     if device.startswith("cuda"):
         return 4
@@ -828,8 +830,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(exc))
     print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
     registry.get(registry.default)  # warm the default model so the first visitor does not wait
-    step_source, concurrency = batching_step_source()
-    demo = build_demo(registry, step_source=step_source, concurrency=concurrency)
+    try:
+        step_source, concurrency = batching_step_source()
+    except ValueError:
+        sys.exit(f"GPT2_MAX_BATCH must be a whole number, got {os.environ.get('GPT2_MAX_BATCH')!r}")
+    try:
+        demo = build_demo(registry, step_source=step_source, concurrency=concurrency)
+    except ValueError as exc:  # e.g. a malformed GPT2_CONCURRENCY
+        sys.exit(str(exc))
     # Spaces routes traffic to 0.0.0.0:7860; elsewhere Gradio's own defaults and env vars apply.
     server_name = None
     if os.environ.get("SPACE_ID") and not os.environ.get("GRADIO_SERVER_NAME"):
