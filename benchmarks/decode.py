@@ -90,36 +90,12 @@ def make_model(config: GPT2Config, weights: str | None, seed: int = 0) -> GPT2:
 
 
 def hf_from_ours(model: GPT2):
-    """transformers' GPT2LMHeadModel holding our weights (its Conv1D keeps weights `[in, out]`)."""
-    from transformers import GPT2Config as HFConfig
-    from transformers import GPT2LMHeadModel
+    """transformers' GPT2LMHeadModel holding our weights: the same mapping the parity tests use
+    (`tests/reference.py`), with transformers' default (fast) attention for a fair race."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference import hf_from_ours as reference_hf
 
-    c = model.config
-    hf_config = HFConfig(
-        vocab_size=c.n_vocab,
-        n_positions=c.n_ctx,
-        n_embd=c.n_embd,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
-        activation_function="gelu_new",
-        layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=c.tied_head,
-    )
-    hf = GPT2LMHeadModel(hf_config).eval()
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    state = {}
-    for key, value in model.state_dict().items():
-        if key == "lm_head.weight":
-            state[key] = value
-        else:
-            state[f"transformer.{key}"] = value.t().contiguous() if key.endswith(conv1d) else value
-    if model.lm_head is None:
-        state["lm_head.weight"] = model.wte.weight
-    hf.load_state_dict(state, strict=False)
-    return hf
+    return reference_hf(model, attn_implementation="sdpa")
 
 
 def plain_bytes_per_token(model: GPT2, context: int) -> int:

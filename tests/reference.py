@@ -12,21 +12,28 @@ from gpt2 import GPT2
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def hf_config(model: GPT2) -> HFConfig:
-    c = model.config
+def hf_gpt2_config(
+    n_vocab: int, n_ctx: int, n_embd: int, n_layer: int, n_head: int, tied: bool = True
+) -> HFConfig:
+    """Hugging Face's config for exactly GPT-2's maths (tanh GELU, LayerNorm eps 1e-5, no dropout)."""
     return HFConfig(
-        vocab_size=c.n_vocab,
-        n_positions=c.n_ctx,
-        n_embd=c.n_embd,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
+        vocab_size=n_vocab,
+        n_positions=n_ctx,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
         activation_function="gelu_new",
         layer_norm_epsilon=1e-5,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        tie_word_embeddings=c.tied_head,
+        tie_word_embeddings=tied,
     )
+
+
+def hf_config(model: GPT2) -> HFConfig:
+    c = model.config
+    return hf_gpt2_config(c.n_vocab, c.n_ctx, c.n_embd, c.n_layer, c.n_head, c.tied_head)
 
 
 def hf_from_ours(model: GPT2, attn_implementation: str = "eager") -> GPT2LMHeadModel:

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from transformers import GPT2Config as HFConfig
+from reference import hf_gpt2_config
 from transformers import GPT2LMHeadModel
 
 from convert.__main__ import main
@@ -51,19 +51,7 @@ def book_state(seed: int = 0, *, qkv_bias: bool = False, tied: bool = False) -> 
 
 
 def hf_from_book(s: dict[str, torch.Tensor]) -> GPT2LMHeadModel:
-    cfg = HFConfig(
-        vocab_size=V,
-        n_positions=CTX,
-        n_embd=D,
-        n_layer=LAYERS,
-        n_head=HEADS,
-        activation_function="gelu_new",
-        layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=False,
-    )
+    cfg = hf_gpt2_config(V, CTX, D, LAYERS, HEADS, tied=False)
     hf = GPT2LMHeadModel(cfg).eval()
     t = {
         "transformer.wte.weight": s["tok_emb.weight"],

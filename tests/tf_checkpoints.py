@@ -98,7 +98,7 @@ def list_variables(directory: Path) -> dict[str, tuple[int, ...]]:
 def hf_reference(directory: Path):
     """Hugging Face's GPT2LMHeadModel holding the checkpoint's arrays, read back with TensorFlow."""
     import tensorflow as tf
-    from transformers import GPT2Config as HFConfig
+    from reference import hf_gpt2_config
     from transformers import GPT2LMHeadModel
 
     hp = json.loads((directory / "hparams.json").read_text())
@@ -107,19 +107,7 @@ def hf_reference(directory: Path):
     def get(name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(reader.get_tensor(name)))
 
-    cfg = HFConfig(
-        vocab_size=hp["n_vocab"],
-        n_positions=hp["n_ctx"],
-        n_embd=hp["n_embd"],
-        n_layer=hp["n_layer"],
-        n_head=hp["n_head"],
-        activation_function="gelu_new",
-        layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=True,
-    )
+    cfg = hf_gpt2_config(hp["n_vocab"], hp["n_ctx"], hp["n_embd"], hp["n_layer"], hp["n_head"])
     with torch.device("meta"):  # no random init of 40M parameters that are overwritten next
         hf = GPT2LMHeadModel(cfg).eval()
     hf.config._attn_implementation = "eager"
