@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import native as native_engine
 from .config import GPT2Config
 from .model import GPT2, LN_EPS, KVCache, causal_mask
 
@@ -34,6 +35,11 @@ PRECISIONS = ("fp32", "bf16", "int8")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Above this many rows an int8 matmul dequantizes its weight and runs the bf16 GEMM (see PackedLinear).
 INT8_GEMV_MAX_ROWS = 16
+# Prompts up to this many tokens go through the native engine in one call (its kernels read each weight
+# once for all rows); longer ones through oneDNN's GEMM, which wins once the matmuls are compute-bound.
+# Crossovers measured on 124M shapes, 2 threads (prefill ms native/oneDNN): fp32 32 tokens 50/51,
+# 64: 89/77; bf16 20: 24/26, 32: 36/32; int8 64: 47/60, 128: 94/98 (its GEMM dequantizes first).
+NATIVE_PROMPT_MAX = {"fp32": 32, "bf16": 24, "int8": 128}
 
 
 def bf16_supported() -> bool:
@@ -70,7 +76,9 @@ class PackedLinear:
     absmax/127, kept in bf16 as the kernel wants) and multiplies with bf16 activations.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str, prepack: bool = True
+    ) -> None:
         weight = weight.detach()
         self.out_features, self.in_features = weight.shape
         self.precision = precision
@@ -86,10 +94,17 @@ class PackedLinear:
         else:
             w = weight.to(_DTYPES[precision]).contiguous()
             self.onednn = w.device.type == "cpu" and _onednn_available()
-            # The batch-size hint (1) picks the blocked layout for one-row decoding; other M still work.
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(w, 1) if self.onednn else w
+            # Prepacked, the batch-size hint (1) picks oneDNN's blocked layout for one-row decoding. When
+            # the native engine decodes, the weight stays row-major (it reads that layout, and oneDNN's
+            # many-row GEMM for prompts is as fast on it), so one copy serves both.
+            if self.onednn and prepack:
+                w = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+            self.weight = w
             self.scale = None
         self.bias = None if bias is None else bias.detach().to(self.act_dtype).contiguous()
+        # fp32 copies of the small vectors, for the native engine (exactly the values above).
+        self.bias_f32 = None if bias is None else self.bias.float().contiguous()
+        self.scale_f32 = None if self.scale is None else self.scale.float().contiguous()
 
     def nbytes(self) -> int:
         """Bytes one call reads from weights, bias and scales (what bandwidth accounting needs)."""
@@ -133,17 +148,26 @@ class PackedLinear:
 
 
 class _FastBlock:
-    def __init__(self, block: Any, precision: str, n_head: int) -> None:
+    def __init__(self, block: Any, precision: str, n_head: int, prepack: bool = True) -> None:
         self.ln_1 = (block.ln_1.weight.detach().float(), block.ln_1.bias.detach().float())
         self.ln_2 = (block.ln_2.weight.detach().float(), block.ln_2.bias.detach().float())
-        self.c_attn = PackedLinear(block.attn.c_attn.weight, block.attn.c_attn.bias, precision)
-        self.c_proj = PackedLinear(block.attn.c_proj.weight, block.attn.c_proj.bias, precision)
-        self.c_fc = PackedLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias, precision)
-        self.mlp_proj = PackedLinear(block.mlp.c_proj.weight, block.mlp.c_proj.bias, precision)
+        self.c_attn = PackedLinear(block.attn.c_attn.weight, block.attn.c_attn.bias, precision, prepack)
+        self.c_proj = PackedLinear(block.attn.c_proj.weight, block.attn.c_proj.bias, precision, prepack)
+        self.c_fc = PackedLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias, precision, prepack)
+        self.mlp_proj = PackedLinear(block.mlp.c_proj.weight, block.mlp.c_proj.bias, precision, prepack)
         self.n_head = n_head
 
     def linears(self) -> list[PackedLinear]:
         return [self.c_attn, self.c_proj, self.c_fc, self.mlp_proj]
+
+    def native_spec(self) -> dict:
+        """This block's tensors as `native.NativeModel` takes them (row-major weights, fp32 vectors)."""
+
+        def lin(p: PackedLinear) -> tuple:
+            return (p.weight, p.scale_f32, p.bias_f32)
+
+        spec = dict(attn=lin(self.c_attn), proj=lin(self.c_proj), fc=lin(self.c_fc), mlp=lin(self.mlp_proj))
+        return dict(spec, ln_1=self.ln_1, ln_2=self.ln_2)
 
     def __call__(
         self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int
@@ -177,22 +201,42 @@ class FastGPT2:
     so rebuild (or use `runner_for`, which notices) after changing the model's weights.
     """
 
-    def __init__(self, model: GPT2, precision: str = "fp32") -> None:
+    def __init__(self, model: GPT2, precision: str = "fp32", native: bool | None = None) -> None:
         if not isinstance(model, GPT2):
             raise TypeError(f"FastGPT2 wraps a gpt2.GPT2, got {type(model).__name__}")
         self.precision = resolve_precision(precision)
         self.config: GPT2Config = model.config
         self.device = model.wte.weight.device
+        # The native engine (gpt2/csrc/decode.c) runs decode steps where it is built for this CPU;
+        # native=None means "if available", True insists (an error says why not), False never.
+        usable = self.device.type == "cpu" and self.config.head_dim in (16, 32, 48, 64)
+        usable = usable and self.config.n_embd % 64 == 0 and native_engine.available(self.precision)
+        if native and not usable:
+            reason = native_engine.unavailable_reason(self.precision) or "this model's shapes or device"
+            raise RuntimeError(f"the native decode engine cannot run here: {reason}")
+        use_native = usable if native is None else bool(native and usable)
         # The KV cache stays fp32 in every mode: at chat-length contexts it is a few MB a token next to
         # 100+ MB of weights, and CPU attention over a bf16 cache measured ~5x slower per call (75 vs
         # 15 us at T=1, x12 layers) besides rounding keys and values.
         self.cache_dtype = torch.float32
         with torch.no_grad():
-            self.wte = model.wte.weight.detach().float()
-            self.wpe = model.wpe.weight.detach().float()
-            self.blocks = [_FastBlock(b, self.precision, self.config.n_head) for b in model.h]
+            self.wte = model.wte.weight.detach().float().contiguous()
+            self.wpe = model.wpe.weight.detach().float().contiguous()
+            prepack = not use_native
+            self.blocks = [_FastBlock(b, self.precision, self.config.n_head, prepack) for b in model.h]
             self.ln_f = (model.ln_f.weight.detach().float(), model.ln_f.bias.detach().float())
-            self.head = PackedLinear(model.head_weight, None, self.precision)
+            self.head = PackedLinear(model.head_weight, None, self.precision, prepack)
+        self.native: native_engine.NativeModel | None = None
+        if use_native:
+            self.native = native_engine.NativeModel(
+                self.precision,
+                self.config,
+                self.wte,
+                self.wpe,
+                [b.native_spec() for b in self.blocks],
+                self.ln_f,
+                (self.head.weight, self.head.scale_f32, None),
+            )
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, max_len, dtype=self.cache_dtype, device=self.device)
@@ -241,7 +285,23 @@ class FastGPT2:
 
     def prefill(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run a prompt `(B, T)` into `cache`; logits `(B, n_vocab)` of the last position."""
+        short = idx.dim() == 2 and idx.shape[0] == 1 and idx.shape[1] <= NATIVE_PROMPT_MAX[self.precision]
+        if self.native is not None and short:
+            start, T = cache.length, idx.shape[1]
+            self._check_native(cache, start + T)
+            positions = torch.arange(start, start + T)
+            logits = self.native.forward(
+                idx[0], positions, torch.zeros(T, dtype=torch.int64), cache.k, cache.v, logits_from=T - 1
+            )
+            cache.length = start + T
+            return logits
         return self.forward(idx, cache, last_only=True)[:, -1]
+
+    def _check_native(self, cache: KVCache, end: int) -> None:
+        if end > cache.max_len:
+            raise ValueError(f"{end} positions do not fit the cache of {cache.max_len}")
+        if cache.k.dtype != self.cache_dtype:
+            raise ValueError(f"cache must be {self.cache_dtype}; use new_cache()")
 
     @torch.no_grad()
     def decode_one(self, token: torch.Tensor | int, cache: KVCache) -> torch.Tensor:
@@ -249,6 +309,15 @@ class FastGPT2:
         start = cache.length
         if start >= cache.max_len:
             raise ValueError(f"the cache is full ({cache.max_len} positions)")
+        if self.native is not None:
+            self._check_native(cache, start + 1)
+            B = cache.batch_size
+            tokens = torch.tensor([token]) if isinstance(token, int) else token.view(-1)
+            if tokens.shape[0] != B:
+                raise ValueError(f"{tokens.shape[0]} tokens for a cache of batch size {B}")
+            logits = self.native.forward(tokens, torch.full((B,), start), torch.arange(B), cache.k, cache.v)
+            cache.length = start + 1
+            return logits
         if isinstance(token, int):
             if cache.batch_size != 1:
                 raise ValueError("an int token needs a batch-1 cache")
@@ -268,6 +337,11 @@ class FastGPT2:
             raise ValueError("tokens, positions and rows must be 1-D and of equal length")
         if int(positions.max()) >= cache.max_len:
             raise ValueError(f"position {int(positions.max())} is beyond the cache length {cache.max_len}")
+        if self.native is not None:
+            self._check_native(cache, 1)
+            if int(rows.min()) < 0 or int(rows.max()) >= cache.batch_size:
+                raise ValueError(f"rows must be cache slots 0..{cache.batch_size - 1}")
+            return self.native.forward(tokens, positions, rows, cache.k, cache.v)
         B, C, nh = tokens.shape[0], self.config.n_embd, self.config.n_head
         S = int(positions.max()) + 1
         mask = (torch.arange(S, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]

@@ -1,0 +1,509 @@
+/* GPT-2 decode steps for the CPU: the whole forward pass for a few tokens, in one call.
+ *
+ * Why C: decoding one token reads every weight once and does little else, so its speed is set by how
+ * close the matrix-vector products come to the memory bandwidth and by what happens between them.
+ * PyTorch's one-row matmuls stream weights at about half the bandwidth here, and ~200 dispatched ops
+ * a token add milliseconds. This file does one token step (for several rows at once, each with its own
+ * cache slot and position) inside a single OpenMP parallel region: dot-product kernels that read each
+ * weight row once for all rows, the attention over each row's own cached prefix, LayerNorm, GELU and
+ * residual adds, with barriers between phases instead of op dispatch.
+ *
+ * The math is GPT-2's, as in gpt2/model.py: pre-LN blocks, LayerNorm (eps 1e-5, biased variance),
+ * tanh-GELU, scaled dot-product attention with a causal view of the cache, tied or untied head.
+ * Weights are row-major [out, in] (the layout torch's own matmuls use too, so one copy serves both):
+ *   fp32  float weights, fp32 activations;
+ *   bf16  bf16 weights; each activation is split into two bf16 parts (hi + lo) so the products keep
+ *         ~16 bits of the activation: only the weights are rounded;
+ *   int8  int8 weights with one fp32 scale per output row; activations become 16-bit integers with one
+ *         scale per group of 64 values (finer than bf16's 8-bit mantissa), so only weights are coarse.
+ * The residual stream, LayerNorm, attention and KV cache are fp32 in every mode.
+ *
+ * Built at run time by gpt2/native.py with -march=native; without AVX-512 it builds a stub that reports
+ * no features, and Python keeps its own path.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define GPT2_HAVE_AVX512 1
+#include <immintrin.h>
+#include <omp.h>
+#else
+#define GPT2_HAVE_AVX512 0
+#endif
+
+enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
+enum { FEAT_FP32 = 1, FEAT_BF16 = 2, FEAT_INT8 = 4 };
+#define GROUP 64 /* int8 mode: activation values per 16-bit scale group; every GPT-2 width is a multiple */
+
+typedef struct {
+    const void *w;      /* [out, in] row-major: float, bf16 bits (uint16) or int8 */
+    const float *scale; /* int8: [out] per-row scales; else NULL */
+    const float *bias;  /* [out] or NULL */
+    int64_t out, in;
+} Linear;
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    Linear attn, proj, fc, mlp;
+} Layer;
+
+typedef struct {
+    int64_t n_layer, n_embd, n_head, n_vocab, precision;
+    const float *wte, *wpe, *lnf_w, *lnf_b;
+    Linear head;
+    const Layer *layers;
+} Model;
+
+typedef struct {
+    float *k, *v;                                   /* fp32, last dimension contiguous */
+    int64_t layer_stride, slot_stride, head_stride; /* in floats; a position is head_dim floats */
+    int64_t max_len, n_slots;
+} Cache;
+
+int gpt2_features(void) {
+#if GPT2_HAVE_AVX512
+    int f = FEAT_FP32;
+#if defined(__AVX512BF16__)
+    f |= FEAT_BF16;
+#endif
+#if defined(__AVX512VNNI__)
+    f |= FEAT_INT8;
+#endif
+    return f;
+#else
+    return 0;
+#endif
+}
+
+#if GPT2_HAVE_AVX512
+
+/* ---------------------------------------------------------------- small vector helpers */
+
+/* e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error
+ * below 1e-8 on that range), then scaled by 2^n. Inputs below -87 give 0 (or tiny), as expf does. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-100.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2, split in two */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); written as x * sigmoid(2u)
+ * = x / (1 + e^(-2u)), which is the same function and needs one exp. */
+static inline __m512 gelu512(__m512 x) {
+    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                             _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* ---------------------------------------------------------------- activations, per precision */
+
+/* A linear layer's input rows, in the form its kernel consumes. */
+typedef struct {
+    const float *f32;    /* fp32: the rows as they are, [rows, in] */
+    uint16_t *hi, *lo;   /* bf16: x ~= hi + lo, [rows, in] each */
+    int16_t *q;          /* int8 mode: 16-bit codes, [rows, in] */
+    float *qs;           /* int8 mode: one scale per row and group, [rows, in / GROUP] */
+    int64_t in;
+} Act;
+
+static inline uint16_t bf16_round(float f) { /* round to nearest even; inputs are finite here */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Convert row r of x (fp32, length in) into act's buffers for `precision`. */
+static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
+    const int64_t in = act->in;
+    if (precision == PREC_BF16) {
+        uint16_t *hi = act->hi + r * in, *lo = act->lo + r * in;
+        for (int64_t k = 0; k < in; k++) {
+            hi[k] = bf16_round(x[k]);
+            lo[k] = bf16_round(x[k] - bf16_value(hi[k]));
+        }
+    } else if (precision == PREC_INT8) {
+        int16_t *q = act->q + r * in;
+        float *qs = act->qs + r * (in / GROUP);
+        for (int64_t g = 0; g < in / GROUP; g++) {
+            const float *xg = x + g * GROUP;
+            __m512 m = _mm512_setzero_ps();
+            for (int j = 0; j < GROUP; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xg + j)));
+            float amax = _mm512_reduce_max_ps(m);
+            float scale = amax > 0 ? amax / 32767.0f : 1.0f;
+            __m512 inv = _mm512_set1_ps(1.0f / scale);
+            for (int j = 0; j < GROUP; j += 16) {
+                __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + j), inv));
+                c = _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(32767)), _mm512_set1_epi32(-32767));
+                _mm256_storeu_si256((__m256i *)(q + g * GROUP + j), _mm512_cvtepi32_epi16(c));
+            }
+            qs[g] = scale;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- dot-product kernels
+ * A tile: NO consecutive weight rows against NB input rows (NO, NB <= 4, compile-time constants after
+ * inlining), one sum per (weight row, input row). Each sum is one chain of multiply-adds in the order of
+ * k, whatever NO and NB are: a token's logits do not depend on what else is in the batch (or on the
+ * thread count: each output is computed by one thread), so batched decoding gives bit-identical text.
+ * One input row (decoding alone) uses NO = 1: the matrix is then read as one sequential stream, which
+ * the hardware prefetcher follows best (4 weight rows read side by side are 4 short streams: 30 vs 45
+ * GB/s measured on 768-wide rows). Several input rows use NO = 4, so each loaded activation chunk feeds
+ * 4 weight rows (the batched step is compute-bound), with the next tile prefetched. */
+
+#define PREFETCH_NEXT(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+
+static inline __attribute__((always_inline)) void tile_fp32(const float *W, const float *X, int64_t in, int NO,
+                                                            int NB, float out[4][4]) {
+    __m512 a[4][4];
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < in; k += 16) {
+        __m512 x[4];
+        for (int b = 0; b < NB; b++) x[b] = _mm512_loadu_ps(X + b * in + k);
+        for (int i = 0; i < NO; i++) {
+            if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
+            __m512 w = _mm512_loadu_ps(W + i * in + k);
+            for (int b = 0; b < NB; b++) a[i][b] = _mm512_fmadd_ps(w, x[b], a[i][b]);
+        }
+    }
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
+}
+
+#if defined(__AVX512BF16__)
+/* bf16 weights: each chunk adds w*hi, then w*lo, the activation's two bf16 parts (see the top). */
+static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, const uint16_t *H, const uint16_t *L,
+                                                            int64_t in, int NO, int NB, float out[4][4]) {
+    __m512 a[4][4];
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < in; k += 32) {
+        __m512bh h[4], l[4];
+        for (int b = 0; b < NB; b++) {
+            h[b] = (__m512bh)_mm512_loadu_si512(H + b * in + k);
+            l[b] = (__m512bh)_mm512_loadu_si512(L + b * in + k);
+        }
+        for (int i = 0; i < NO; i++) {
+            if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
+            __m512bh w = (__m512bh)_mm512_loadu_si512(W + i * in + k);
+            for (int b = 0; b < NB; b++) a[i][b] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[i][b], w, h[b]), w, l[b]);
+        }
+    }
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
+}
+#endif
+
+#if defined(__AVX512VNNI__)
+/* int8 weights x 16-bit activation codes: vpdpwssd adds pairs of int16 products into int32 lanes; each
+ * group of 64 values goes to fp32 with its activation scale before the next (no int32 overflow:
+ * 64 * 127 * 32767 < 2^31). The caller applies the weight row's scale. */
+static inline __attribute__((always_inline)) void tile_int8(const int8_t *W, const int16_t *Q, const float *S,
+                                                            int64_t in, int NO, int NB, float out[4][4]) {
+    __m512 a[4][4];
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
+    const int64_t ng = in / GROUP;
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t k = g * GROUP;
+        __m512i q0[4], q1[4];
+        __m512 sc[4];
+        for (int b = 0; b < NB; b++) {
+            q0[b] = _mm512_loadu_si512(Q + b * in + k);
+            q1[b] = _mm512_loadu_si512(Q + b * in + k + 32);
+            sc[b] = _mm512_set1_ps(S[b * ng + g]);
+        }
+        for (int i = 0; i < NO; i++) {
+            if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
+            __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(W + i * in + k)));
+            __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(W + i * in + k + 32)));
+            for (int b = 0; b < NB; b++) {
+                __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, q0[b]);
+                s = _mm512_dpwssd_epi32(s, w1, q1[b]);
+                a[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc[b], a[i][b]);
+            }
+        }
+    }
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
+}
+#endif
+
+/* out[i][b] = W[o + i] . x[b0 + b] (int8: times the row scale; bias added by the caller). */
+static inline __attribute__((always_inline)) void tile(int precision, const Linear *L, int64_t o, const Act *a,
+                                                       int64_t b0, int NO, int NB, float out[4][4]) {
+    const int64_t in = L->in;
+#if defined(__AVX512BF16__)
+    if (precision == PREC_BF16) {
+        tile_bf16((const uint16_t *)L->w + o * in, a->hi + b0 * in, a->lo + b0 * in, in, NO, NB, out);
+        return;
+    }
+#endif
+#if defined(__AVX512VNNI__)
+    if (precision == PREC_INT8) {
+        tile_int8((const int8_t *)L->w + o * in, a->q + b0 * in, a->qs + b0 * (in / GROUP), in, NO, NB, out);
+        for (int i = 0; i < NO; i++)
+            for (int b = 0; b < NB; b++) out[i][b] *= L->scale[o + i];
+        return;
+    }
+#endif
+    tile_fp32((const float *)L->w + o * in, a->f32 + b0 * in, in, NO, NB, out);
+}
+
+/* What happens to y = x W^T + bias before it is stored into Y[b, o]. */
+enum { EPI_STORE = 0, EPI_ADD = 1 };
+
+/* Y[b, o] (row stride ldy) for rows [0, nrows) and every output, the outputs shared among the threads
+ * in contiguous ranges (call from inside the parallel region; no barrier at the end). */
+static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nrows, float *Y, int64_t ldy,
+                        int epilogue) {
+    const int64_t ntiles = (L->out + 3) / 4;
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t o = 4 * t;
+        const int NO = L->out - o >= 4 ? 4 : (int)(L->out - o);
+        for (int64_t b0 = 0; b0 < nrows; b0 += 4) {
+            const int64_t left = nrows - b0;
+            float r[4][4] = {{0}};
+            if (left == 1 || NO < 4) { /* one weight row at a time: a sequential stream */
+                for (int i = 0; i < NO; i++) {
+                    float r1[4][4] = {{0}};
+                    if (left >= 4) tile(precision, L, o + i, a, b0, 1, 4, r1);
+                    else if (left == 3) tile(precision, L, o + i, a, b0, 1, 3, r1);
+                    else if (left == 2) tile(precision, L, o + i, a, b0, 1, 2, r1);
+                    else tile(precision, L, o + i, a, b0, 1, 1, r1);
+                    for (int b = 0; b < 4; b++) r[i][b] = r1[0][b];
+                }
+            } else if (left >= 4) { /* constant NO, NB in each call: each instance fully unrolled */
+                tile(precision, L, o, a, b0, 4, 4, r);
+            } else if (left == 3) {
+                tile(precision, L, o, a, b0, 4, 3, r);
+            } else {
+                tile(precision, L, o, a, b0, 4, 2, r);
+            }
+            for (int i = 0; i < NO; i++) {
+                const float bias = L->bias ? L->bias[o + i] : 0.0f;
+                for (int b = 0; b < 4 && b < left; b++) {
+                    float *dst = Y + (b0 + b) * ldy + o + i;
+                    *dst = (epilogue == EPI_ADD ? *dst : 0.0f) + (r[i][b] + bias);
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- LayerNorm, attention */
+
+static void layer_norm_row(const float *x, const float *w, const float *b, float *y, int64_t C) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t k = 0; k < C; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + k));
+    const float mean = _mm512_reduce_add_ps(s) / (float)C;
+    const __m512 m = _mm512_set1_ps(mean);
+    __m512 v = _mm512_setzero_ps();
+    for (int64_t k = 0; k < C; k += 16) {
+        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + k), m);
+        v = _mm512_fmadd_ps(d, d, v);
+    }
+    const float var = _mm512_reduce_add_ps(v) / (float)C; /* biased, as GPT-2's */
+    const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(var + 1e-5f));
+    for (int64_t k = 0; k < C; k += 16) {
+        __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k), m), inv);
+        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(d, _mm512_loadu_ps(w + k), _mm512_loadu_ps(b + k)));
+    }
+}
+
+/* One head of one row: q (hs floats) against keys/values at positions [0, pos] of that row's slot. */
+static void attend_head(const float *q, const float *K, const float *V, int64_t pos, int64_t hs,
+                        float *scores, float *out) {
+    const float scale = 1.0f / sqrtf((float)hs);
+    float mx = -INFINITY;
+    for (int64_t t = 0; t <= pos; t++) {
+        const float *kt = K + t * hs;
+        __m512 s = _mm512_setzero_ps();
+        for (int64_t d = 0; d < hs; d += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(kt + d), s);
+        float v = _mm512_reduce_add_ps(s) * scale;
+        scores[t] = v;
+        mx = v > mx ? v : mx;
+    }
+    const int64_t n = pos + 1;
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + t), m));
+        _mm512_storeu_ps(scores + t, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (t < n) {
+        __mmask16 k = (__mmask16)((1u << (n - t)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + t), m));
+        e = _mm512_maskz_mov_ps(k, e);
+        _mm512_mask_storeu_ps(scores + t, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const int nd = (int)(hs / 16); /* head_dim is 64 in every GPT-2 (<= 64 required by the caller) */
+    for (int64_t u = 0; u < n; u++) {
+        const __m512 p = _mm512_set1_ps(scores[u]);
+        const float *vt = V + u * hs;
+        for (int d = 0; d < nd; d++) acc[d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vt + 16 * d), acc[d]);
+    }
+    for (int d = 0; d < nd; d++) _mm512_storeu_ps(out + 16 * d, _mm512_mul_ps(acc[d], _mm512_set1_ps(inv)));
+}
+
+/* ---------------------------------------------------------------- the step */
+
+static void *alloc(size_t n) {
+    size_t size = (n + 63) / 64 * 64;
+    return aligned_alloc(64, size ? size : 64);
+}
+
+/* One forward pass for n tokens: token i is `tokens[i]` at position `positions[i]` of the sequence in
+ * cache slot `slots[i]`; its keys and values are written there, and it attends to that slot's positions
+ * 0..positions[i] (tokens of one slot in one call must come in position order: a prompt chunk works).
+ * Logits of tokens [logits_from, n) go to `logits` ([n - logits_from, n_vocab], fp32).
+ * Returns 0, or a negative code for arguments it refuses (checked again here, though Python checks). */
+int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
+                 const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
+    const int64_t C = m->n_embd, nh = m->n_head, hs = nh > 0 ? C / nh : 0;
+    const int P = (int)m->precision;
+    if (n <= 0 || m->n_layer <= 0 || C % GROUP || hs <= 0 || hs % 16 || hs > 64 || logits_from < 0 || logits_from > n) return -1;
+    const int64_t F4 = m->layers[0].mlp.in;
+    if (!(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return -2;
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab || positions[i] < 0 || positions[i] >= c->max_len ||
+            slots[i] < 0 || slots[i] >= c->n_slots)
+            return -3;
+    const int64_t widest = 4 * C > F4 ? 4 * C : F4;
+    float *x = alloc(sizeof(float) * n * C);       /* residual stream */
+    float *h = alloc(sizeof(float) * n * (C + widest)); /* LayerNorm output, then the MLP's hidden rows */
+    float *qkv = alloc(sizeof(float) * n * 3 * C);
+    float *y = alloc(sizeof(float) * n * C);       /* attention output */
+    Act act = {.in = 0};
+    act.hi = alloc(sizeof(uint16_t) * n * widest);
+    act.lo = alloc(sizeof(uint16_t) * n * widest);
+    act.q = alloc(sizeof(int16_t) * n * widest);
+    act.qs = alloc(sizeof(float) * n * (widest / GROUP));
+    float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
+    if (!x || !h || !qkv || !y || !act.hi || !act.lo || !act.q || !act.qs || !scores) {
+        free(x); free(h); free(qkv); free(y); free(act.hi); free(act.lo); free(act.q); free(act.qs); free(scores);
+        return -4;
+    }
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *my_scores = scores + (size_t)omp_get_thread_num() * (c->max_len + 16);
+        Act a = act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
+
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t k = 0; k < C; k++) x[i * C + k] = m->wte[tokens[i] * C + k] + m->wpe[positions[i] * C + k];
+
+        for (int64_t l = 0; l < m->n_layer; l++) {
+            const Layer *L = &m->layers[l];
+            float *Kl = c->k + l * c->layer_stride, *Vl = c->v + l * c->layer_stride;
+
+            a.in = C;
+            a.f32 = h;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++) {
+                layer_norm_row(x + i * C, L->ln1_w, L->ln1_b, h + i * C, C);
+                prepare_row(P, h + i * C, &a, i);
+            }
+            linear_rows(P, &L->attn, &a, n, qkv, 3 * C, EPI_STORE);
+#pragma omp barrier
+            /* every row's keys and values go into the cache before anyone attends (a prompt chunk reads
+             * its own earlier tokens) */
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t hd = 0; hd < nh; hd++) {
+                    const int64_t off = slots[i] * c->slot_stride + hd * c->head_stride + positions[i] * hs;
+                    memcpy(Kl + off, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
+                    memcpy(Vl + off, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
+                }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < n * nh; t++) {
+                const int64_t i = t / nh, hd = t % nh;
+                const int64_t base = slots[i] * c->slot_stride + hd * c->head_stride;
+                attend_head(qkv + i * 3 * C + hd * hs, Kl + base, Vl + base, positions[i], hs, my_scores,
+                            y + i * C + hd * hs);
+            }
+            a.f32 = y;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++) prepare_row(P, y + i * C, &a, i);
+            linear_rows(P, &L->proj, &a, n, x, C, EPI_ADD);
+#pragma omp barrier
+
+            a.f32 = h;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++) {
+                layer_norm_row(x + i * C, L->ln2_w, L->ln2_b, h + i * C, C);
+                prepare_row(P, h + i * C, &a, i);
+            }
+            linear_rows(P, &L->fc, &a, n, h + n * C, F4, EPI_STORE);
+#pragma omp barrier
+            a.in = F4;
+            a.f32 = h + n * C;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n; i++) {
+                float *row = h + n * C + i * F4;
+                for (int64_t k = 0; k < F4; k += 16) _mm512_storeu_ps(row + k, gelu512(_mm512_loadu_ps(row + k)));
+                prepare_row(P, row, &a, i);
+            }
+            linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD);
+#pragma omp barrier
+        }
+
+        const int64_t nl = n - logits_from;
+        if (nl > 0) {
+            a.in = C;
+            a.f32 = h;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < nl; i++) {
+                layer_norm_row(x + (logits_from + i) * C, m->lnf_w, m->lnf_b, h + i * C, C);
+                prepare_row(P, h + i * C, &a, i);
+            }
+            linear_rows(P, &m->head, &a, nl, logits, m->n_vocab, EPI_STORE);
+        }
+    }
+    free(x); free(h); free(qkv); free(y); free(act.hi); free(act.lo); free(act.q); free(act.qs); free(scores);
+    return 0;
+}
+
+#else /* no AVX-512: nothing here; gpt2_features() reports 0 and Python keeps its own path */
+
+int gpt2_forward(const void *m, const void *c, int64_t n, const int64_t *tokens, const int64_t *positions,
+                 const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
+    (void)m; (void)c; (void)n; (void)tokens; (void)positions; (void)slots; (void)logits_from; (void)logits;
+    (void)nthreads;
+    return -2;
+}
+
+#endif
