@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import GPT2, GPT2Config
+from gpt2 import GPT2, GPT2Config, native
 from gpt2.fast import FastGPT2, bf16_supported
 
 VARIANTS = ("hf", "plain", "fp32", "bf16", "int8")
@@ -96,6 +96,12 @@ def hf_from_ours(model: GPT2):
     from reference import hf_from_ours as reference_hf
 
     return reference_hf(model, attn_implementation="sdpa")
+
+
+def native_status() -> str:
+    """Which precisions the fast variants decode with gpt2/csrc/decode.c (else oneDNN through torch)."""
+    on = [p for p in ("fp32", "bf16", "int8") if native.available(p)]
+    return ", ".join(on) if on else f"off ({native.unavailable_reason()})"
 
 
 def plain_bytes_per_token(model: GPT2, context: int) -> int:
@@ -189,11 +195,15 @@ def read_bandwidth_gbs(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 def relative_logit_error(runner: FastGPT2, reference: GPT2, idx: torch.Tensor) -> float:
-    """max |logits − fp32 logits| / max |fp32 logits| over every position of `idx`."""
+    """max |logits − fp32 logits| / max |fp32 logits| over the positions of `idx` after its first 8,
+    the runner's logits taken as generation takes them: `prefill` of the first 8 tokens, then one
+    `decode_one` step per token (the path the speed columns time, native engine included)."""
     with torch.inference_mode():
-        want = reference(idx)
-        got = runner(idx)
-    return ((got - want).abs().max() / want.abs().max()).item()
+        want = reference(idx)[0, 7:-1]  # (T - 8, V)
+        cache = runner.new_cache(1, max_len=idx.shape[1])
+        got = [runner.prefill(idx[:, :8], cache)[0]]
+        got += [runner.decode_one(int(t), cache)[0] for t in idx[0, 8:-1]]
+    return ((torch.stack(got) - want).abs().max() / want.abs().max()).item()
 
 
 # ---------------------------------------------------------------------------------------------- peak RSS
@@ -409,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
         f" prompt {args.prompt_tokens} + {args.new_tokens} new tokens, prefill {args.prefill_tokens} tokens,"
         f" median of {args.rounds}"
         f" interleaved rounds; torch {torch.__version__}, bf16 native: {bf16_supported()},"
-        f" read bandwidth {bw:.1f} GB/s\n"
+        f" native decode engine: {native_status()}, read bandwidth {bw:.1f} GB/s\n"
     )
     print(format_table(rows))
     same = {v: results[v].tokens == results["fp32"].tokens for v in results if "fp32" in results}

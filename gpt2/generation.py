@@ -206,8 +206,9 @@ def _steps(
     logits = decoder.first()
     for i in range(n_new):
         with torch.no_grad():
-            processed = params.process(logits, seen)
-            token = int(params.choose(processed.unsqueeze(0), generator)[0])
+            processed, candidates = params.process_with_candidates(logits.unsqueeze(0), seen)
+            token = int(params.choose(processed, generator, candidates)[0])
+            processed = processed[0]
         if token == tokenizer.eot_token:
             finish_reason = "eot"
             break

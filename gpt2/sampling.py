@@ -78,10 +78,7 @@ class SamplingParams:
         repetition penalty (CTRL's rule: positive logits divided by the penalty, negative multiplied).
         For greedy decoding the result keeps only the argmax.
         """
-        x = logits.float()
-        if self.repetition_penalty != 1.0 and seen is not None:
-            penalised = torch.where(x > 0, x / self.repetition_penalty, x * self.repetition_penalty)
-            x = torch.where(seen, penalised, x)
+        x = self._penalised(logits, seen)
         if self.greedy:
             keep = torch.zeros_like(x, dtype=torch.bool)
             keep.scatter_(-1, x.argmax(dim=-1, keepdim=True), True)
@@ -92,6 +89,13 @@ class SamplingParams:
             x = x.masked_fill(x < kth, float("-inf"))
         if self.top_p < 1.0:
             x = _top_p(x, self.top_p)
+        return x
+
+    def _penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        x = logits.float()
+        if self.repetition_penalty != 1.0 and seen is not None:
+            penalised = torch.where(x > 0, x / self.repetition_penalty, x * self.repetition_penalty)
+            x = torch.where(seen, penalised, x)
         return x
 
     def candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -109,6 +113,34 @@ class SamplingParams:
         values, idx = processed.topk(n_kept, dim=-1)  # (B, n)
         idx, order = idx.sort(dim=-1)
         return values.gather(-1, order), idx
+
+    def process_with_candidates(
+        self, logits: torch.Tensor, seen: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """`process(logits, seen)` and, when every row keeps the same number of tokens, `candidates`
+        of the result; exactly what calling the two would give (None for greedy or uneven rows).
+
+        With top-k alone (the common setting) both come out of one `topk` call instead of a second
+        pass over the vocabulary: the k largest are the kept set unless a logit outside them ties the
+        k-th, which the count checks (then the general path runs).
+        """
+        if self.greedy:
+            return self.process(logits, seen), None
+        if self.top_p < 1.0 or not 0 < self.top_k < logits.shape[-1]:
+            processed = self.process(logits, seen)
+            kept = torch.isfinite(processed).sum(dim=-1)
+            even = bool((kept == kept.view(-1)[0]).all())
+            return processed, self.candidates(processed) if even else None
+        x = self._penalised(logits, seen) / self.temperature
+        values, idx = torch.topk(x, self.top_k, dim=-1)
+        drop = x < values[..., -1:]
+        processed = x.masked_fill(drop, float("-inf"))
+        if bool(((~drop).sum(dim=-1) == self.top_k).all()):
+            idx, order = idx.sort(dim=-1)
+            return processed, (values.gather(-1, order), idx)
+        kept = torch.isfinite(processed).sum(dim=-1)
+        even = bool((kept == kept.view(-1)[0]).all())
+        return processed, self.candidates(processed) if even else None
 
     def choose(
         self,

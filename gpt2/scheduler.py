@@ -426,12 +426,7 @@ class BatchScheduler:
             try:
                 logits = torch.stack([rows[i] for i in members])  # (G, V)
                 seen = torch.stack([batch[i].seen for i in members])  # (G, V)
-                processed = params.process(logits, seen)
-                candidates = None
-                if not params.greedy:
-                    kept = torch.isfinite(processed).sum(dim=-1)
-                    if bool((kept == kept[0]).all()):
-                        candidates = params.candidates(processed)
+                processed, candidates = params.process_with_candidates(logits, seen)
             except Exception:  # leave this group to the per-row path, which fails rows one by one
                 continue
             for j, i in enumerate(members):
@@ -449,7 +444,8 @@ class BatchScheduler:
         """One iteration of `generation._steps`' loop body for this request, same order of draws."""
         params = request.params
         if processed is None:
-            processed = params.process(logits, request.seen)
+            processed, candidates = params.process_with_candidates(logits.unsqueeze(0), request.seen)
+            processed = processed[0]
         token = int(params.choose(processed.unsqueeze(0), request.generator, candidates)[0])
         request.produced += 1
         if token == self.tokenizer.eot_token:

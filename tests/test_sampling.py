@@ -138,3 +138,41 @@ def test_invalid_arguments_raise_readable_value_error(tiny_model, tokenizer, kwa
 def test_resolve_seed():
     assert resolve_seed(12) == 12 and resolve_seed(" 7 ") == 7 and resolve_seed(3.0) == 3
     assert 0 <= resolve_seed(None) < 2**31 and 0 <= resolve_seed("") < 2**31
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=0.8, top_k=40),
+        dict(temperature=1.0, top_k=40, repetition_penalty=1.3),
+        dict(temperature=1.0, top_k=5, top_p=0.9),
+        dict(temperature=0.7, top_p=0.95),
+        dict(temperature=0.0),
+    ],
+    ids=["top-k", "top-k+penalty", "top-k+top-p", "top-p", "greedy"],
+)
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "tie-at-kth"])
+def test_process_with_candidates_equals_the_two_steps(settings, ties):
+    """The one-pass top-k shortcut gives bit for bit what `process` then `candidates` give."""
+    params = SamplingParams(**settings)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 50257, generator=g) * 3
+    seen = torch.rand(4, 50257, generator=g) < 0.01
+    if ties:  # a logit outside the top k equal to the k-th: the kept set is larger than k
+        k = settings.get("top_k") or 40
+        x = logits / (settings["temperature"] or 1.0)
+        kth, _ = torch.topk(x, k, dim=-1)
+        logits[1, x[1].argmin()] = kth[1, -1] * (settings["temperature"] or 1.0)
+        seen[1] = False
+    processed, candidates = params.process_with_candidates(logits, seen)
+    want = params.process(logits, seen)
+    assert torch.equal(processed, want)
+    if params.greedy:
+        assert candidates is None
+        return
+    kept = torch.isfinite(want).sum(dim=-1)
+    if bool((kept == kept[0]).all()):
+        values, idx = params.candidates(want)
+        assert torch.equal(candidates[0], values) and torch.equal(candidates[1], idx)
+    else:
+        assert candidates is None
