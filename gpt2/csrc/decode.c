@@ -106,8 +106,8 @@ static inline __m512 exp512(__m512 x) {
  * = x / (1 + e^(-2u)), which is the same function and needs one exp. */
 static inline __m512 gelu512(__m512 x) {
     __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                             _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    __m512 u =
+        _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
     __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
     return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
@@ -116,10 +116,10 @@ static inline __m512 gelu512(__m512 x) {
 
 /* A linear layer's input rows, in the form its kernel consumes. */
 typedef struct {
-    const float *f32;    /* fp32: the rows as they are, [rows, in] */
-    uint16_t *hi, *lo;   /* bf16: x ~= hi + lo, [rows, in] each */
-    int16_t *q;          /* int8 mode: 16-bit codes, [rows, in] */
-    float *qs;           /* int8 mode: one scale per row and group, [rows, in / GROUP] */
+    const float *f32;  /* fp32: the rows as they are, [rows, in] */
+    uint16_t *hi, *lo; /* bf16: x ~= hi + lo, [rows, in] each */
+    int16_t *q;        /* int8 mode: 16-bit codes, [rows, in] */
+    float *qs;         /* int8 mode: one scale per row and group, [rows, in / GROUP] */
     int64_t in;
 } Act;
 
@@ -158,7 +158,8 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
             __m512 inv = _mm512_set1_ps(1.0f / scale);
             for (int j = 0; j < GROUP; j += 16) {
                 __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + j), inv));
-                c = _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(32767)), _mm512_set1_epi32(-32767));
+                c = _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(32767)),
+                                     _mm512_set1_epi32(-32767));
                 _mm256_storeu_si256((__m256i *)(q + g * GROUP + j), _mm512_cvtepi32_epi16(c));
             }
             qs[g] = scale;
@@ -178,8 +179,8 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
 
 #define PREFETCH_NEXT(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 
-static inline __attribute__((always_inline)) void tile_fp32(const float *W, const float *X, int64_t in, int NO,
-                                                            int NB, float out[4][4]) {
+static inline __attribute__((always_inline)) void tile_fp32(const float *W, const float *X, int64_t in,
+                                                            int NO, int NB, float out[4][4]) {
     __m512 a[4][4];
     for (int i = 0; i < NO; i++)
         for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
@@ -198,8 +199,9 @@ static inline __attribute__((always_inline)) void tile_fp32(const float *W, cons
 
 #if defined(__AVX512BF16__)
 /* bf16 weights: each chunk adds w*hi, then w*lo, the activation's two bf16 parts (see the top). */
-static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, const uint16_t *H, const uint16_t *L,
-                                                            int64_t in, int NO, int NB, float out[4][4]) {
+static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, const uint16_t *H,
+                                                            const uint16_t *L, int64_t in, int NO, int NB,
+                                                            float out[4][4]) {
     __m512 a[4][4];
     for (int i = 0; i < NO; i++)
         for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
@@ -212,7 +214,8 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, c
         for (int i = 0; i < NO; i++) {
             if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
             __m512bh w = (__m512bh)_mm512_loadu_si512(W + i * in + k);
-            for (int b = 0; b < NB; b++) a[i][b] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[i][b], w, h[b]), w, l[b]);
+            for (int b = 0; b < NB; b++)
+                a[i][b] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[i][b], w, h[b]), w, l[b]);
         }
     }
     for (int i = 0; i < NO; i++)
@@ -256,8 +259,8 @@ static inline __attribute__((always_inline)) void tile_int8(const int8_t *W, con
 #endif
 
 /* out[i][b] = W[o + i] . x[b0 + b] (int8: times the row scale; bias added by the caller). */
-static inline __attribute__((always_inline)) void tile(int precision, const Linear *L, int64_t o, const Act *a,
-                                                       int64_t b0, int NO, int NB, float out[4][4]) {
+static inline __attribute__((always_inline)) void
+tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
     const int64_t in = L->in;
 #if defined(__AVX512BF16__)
     if (precision == PREC_BF16) {
@@ -294,10 +297,14 @@ static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nr
             if (left == 1 || NO < 4) { /* one weight row at a time: a sequential stream */
                 for (int i = 0; i < NO; i++) {
                     float r1[4][4] = {{0}};
-                    if (left >= 4) tile(precision, L, o + i, a, b0, 1, 4, r1);
-                    else if (left == 3) tile(precision, L, o + i, a, b0, 1, 3, r1);
-                    else if (left == 2) tile(precision, L, o + i, a, b0, 1, 2, r1);
-                    else tile(precision, L, o + i, a, b0, 1, 1, r1);
+                    if (left >= 4)
+                        tile(precision, L, o + i, a, b0, 1, 4, r1);
+                    else if (left == 3)
+                        tile(precision, L, o + i, a, b0, 1, 3, r1);
+                    else if (left == 2)
+                        tile(precision, L, o + i, a, b0, 1, 2, r1);
+                    else
+                        tile(precision, L, o + i, a, b0, 1, 1, r1);
                     for (int b = 0; b < 4; b++) r[i][b] = r1[0][b];
                 }
             } else if (left >= 4) { /* constant NO, NB in each call: each instance fully unrolled */
@@ -346,7 +353,8 @@ static void attend_head(const float *q, const float *K, const float *V, int64_t 
     for (int64_t t = 0; t <= pos; t++) {
         const float *kt = K + t * hs;
         __m512 s = _mm512_setzero_ps();
-        for (int64_t d = 0; d < hs; d += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(kt + d), s);
+        for (int64_t d = 0; d < hs; d += 16)
+            s = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(kt + d), s);
         float v = _mm512_reduce_add_ps(s) * scale;
         scores[t] = v;
         mx = v > mx ? v : mx;
@@ -385,46 +393,21 @@ static void *alloc(size_t n) {
     return aligned_alloc(64, size ? size : 64);
 }
 
-/* One forward pass for n tokens: token i is `tokens[i]` at position `positions[i]` of the sequence in
- * cache slot `slots[i]`; its keys and values are written there, and it attends to that slot's positions
- * 0..positions[i] (tokens of one slot in one call must come in position order: a prompt chunk works).
- * Logits of tokens [logits_from, n) go to `logits` ([n - logits_from, n_vocab], fp32).
- * Returns 0, or a negative code for arguments it refuses (checked again here, though Python checks). */
-int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
-                 const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
-    const int64_t C = m->n_embd, nh = m->n_head, hs = nh > 0 ? C / nh : 0;
+/* The step itself, inside one parallel region (buffers allocated by gpt2_forward). */
+static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
+                const int64_t *slots, int64_t logits_from, float *logits, int nthreads, float *x, float *h,
+                float *qkv, float *y, const Act *act, float *scores) {
+    const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, F4 = m->layers[0].mlp.in;
     const int P = (int)m->precision;
-    if (n <= 0 || m->n_layer <= 0 || C % GROUP || hs <= 0 || hs % 16 || hs > 64 || logits_from < 0 || logits_from > n) return -1;
-    const int64_t F4 = m->layers[0].mlp.in;
-    if (!(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return -2;
-    for (int64_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->n_vocab || positions[i] < 0 || positions[i] >= c->max_len ||
-            slots[i] < 0 || slots[i] >= c->n_slots)
-            return -3;
-    const int64_t widest = 4 * C > F4 ? 4 * C : F4;
-    float *x = alloc(sizeof(float) * n * C);       /* residual stream */
-    float *h = alloc(sizeof(float) * n * (C + widest)); /* LayerNorm output, then the MLP's hidden rows */
-    float *qkv = alloc(sizeof(float) * n * 3 * C);
-    float *y = alloc(sizeof(float) * n * C);       /* attention output */
-    Act act = {.in = 0};
-    act.hi = alloc(sizeof(uint16_t) * n * widest);
-    act.lo = alloc(sizeof(uint16_t) * n * widest);
-    act.q = alloc(sizeof(int16_t) * n * widest);
-    act.qs = alloc(sizeof(float) * n * (widest / GROUP));
-    float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
-    if (!x || !h || !qkv || !y || !act.hi || !act.lo || !act.q || !act.qs || !scores) {
-        free(x); free(h); free(qkv); free(y); free(act.hi); free(act.lo); free(act.q); free(act.qs); free(scores);
-        return -4;
-    }
-
 #pragma omp parallel num_threads(nthreads)
     {
         float *my_scores = scores + (size_t)omp_get_thread_num() * (c->max_len + 16);
-        Act a = act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
+        Act a = *act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
 
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++)
-            for (int64_t k = 0; k < C; k++) x[i * C + k] = m->wte[tokens[i] * C + k] + m->wpe[positions[i] * C + k];
+            for (int64_t k = 0; k < C; k++)
+                x[i * C + k] = m->wte[tokens[i] * C + k] + m->wpe[positions[i] * C + k];
 
         for (int64_t l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
@@ -474,7 +457,8 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < n; i++) {
                 float *row = h + n * C + i * F4;
-                for (int64_t k = 0; k < F4; k += 16) _mm512_storeu_ps(row + k, gelu512(_mm512_loadu_ps(row + k)));
+                for (int64_t k = 0; k < F4; k += 16)
+                    _mm512_storeu_ps(row + k, gelu512(_mm512_loadu_ps(row + k)));
                 prepare_row(P, row, &a, i);
             }
             linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD);
@@ -493,15 +477,64 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
             linear_rows(P, &m->head, &a, nl, logits, m->n_vocab, EPI_STORE);
         }
     }
-    free(x); free(h); free(qkv); free(y); free(act.hi); free(act.lo); free(act.q); free(act.qs); free(scores);
-    return 0;
+}
+
+/* One forward pass for n tokens: token i is `tokens[i]` at position `positions[i]` of the sequence in
+ * cache slot `slots[i]`; its keys and values are written there, and it attends to that slot's positions
+ * 0..positions[i] (tokens of one slot in one call must come in position order: a prompt chunk works).
+ * Logits of tokens [logits_from, n) go to `logits` ([n - logits_from, n_vocab], fp32).
+ * Returns 0, or a negative code for arguments it refuses (checked again here, though Python checks). */
+int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
+                 const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
+    const int64_t C = m->n_embd, nh = m->n_head, hs = nh > 0 ? C / nh : 0;
+    const int P = (int)m->precision;
+    if (n <= 0 || m->n_layer <= 0 || C % GROUP || hs <= 0 || hs % 16 || hs > 64) return -1;
+    if (logits_from < 0 || logits_from > n) return -1;
+    if (nthreads < 1) nthreads = 1;
+    const int64_t F4 = m->layers[0].mlp.in;
+    if (!(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return -2;
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab || positions[i] < 0 || positions[i] >= c->max_len ||
+            slots[i] < 0 || slots[i] >= c->n_slots)
+            return -3;
+    const int64_t widest = 4 * C > F4 ? 4 * C : F4;
+    float *x = alloc(sizeof(float) * n * C);            /* residual stream */
+    float *h = alloc(sizeof(float) * n * (C + widest)); /* LayerNorm output, then the MLP's hidden rows */
+    float *qkv = alloc(sizeof(float) * n * 3 * C);
+    float *y = alloc(sizeof(float) * n * C); /* attention output */
+    Act act = {.in = 0};
+    act.hi = alloc(sizeof(uint16_t) * n * widest);
+    act.lo = alloc(sizeof(uint16_t) * n * widest);
+    act.q = alloc(sizeof(int16_t) * n * widest);
+    act.qs = alloc(sizeof(float) * n * (widest / GROUP));
+    float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
+    int rc = (!x || !h || !qkv || !y || !act.hi || !act.lo || !act.q || !act.qs || !scores) ? -4 : 0;
+    if (rc == 0)
+        run(m, c, n, tokens, positions, slots, logits_from, logits, nthreads, x, h, qkv, y, &act, scores);
+    free(x);
+    free(h);
+    free(qkv);
+    free(y);
+    free(act.hi);
+    free(act.lo);
+    free(act.q);
+    free(act.qs);
+    free(scores);
+    return rc;
 }
 
 #else /* no AVX-512: nothing here; gpt2_features() reports 0 and Python keeps its own path */
 
 int gpt2_forward(const void *m, const void *c, int64_t n, const int64_t *tokens, const int64_t *positions,
                  const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
-    (void)m; (void)c; (void)n; (void)tokens; (void)positions; (void)slots; (void)logits_from; (void)logits;
+    (void)m;
+    (void)c;
+    (void)n;
+    (void)tokens;
+    (void)positions;
+    (void)slots;
+    (void)logits_from;
+    (void)logits;
     (void)nthreads;
     return -2;
 }
