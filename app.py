@@ -32,7 +32,17 @@ from typing import Any
 import gradio as gr
 import torch
 
-from gpt2 import GPT2, Step, Tokenizer, generate_steps, list_models, load_model, load_tokenizer, read_metadata
+from gpt2 import (
+    GPT2,
+    Step,
+    Tokenizer,
+    generate_steps,
+    list_models,
+    load_model,
+    load_tokenizer,
+    native,
+    read_metadata,
+)
 from gpt2.fast import PRECISIONS, FastGPT2, resolve_precision
 from gpt2.generation import normalize_stop, prompt_ids
 from gpt2.inspect import PromptProbs, TokenProbs, continuation_summary, prompt_probs, token_probs
@@ -830,6 +840,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(exc))
     print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
     registry.get(registry.default)  # warm the default model so the first visitor does not wait
+    if registry.device == "cpu":  # say which decode engine serves (the native one builds on first use)
+        why = native.unavailable_reason(registry.precision)
+        print(f"decode engine: {'native (gpt2/csrc/decode.c)' if why is None else f'PyTorch ({why})'}")
     try:
         step_source, concurrency = batching_step_source()
     except ValueError:
