@@ -1,20 +1,23 @@
-"""The fast inference path: the same GPT-2, its weights packed once for the CPU's matmul kernels.
+"""The fast inference path: the same GPT-2, its weights stored once for the CPU's fastest kernels.
 
 Batch-1 decoding is memory-bandwidth bound: every token reads every weight once, so tokens/s is set by
 how many bytes a token touches and how close each matmul comes to the machine's bandwidth, plus the
 per-op dispatch cost of ~200 small ops a token. `FastGPT2` attacks all three:
 
-- weights are pre-packed for oneDNN (`mkldnn._reorder_linear_weight`), whose one-row matmul reads a
-  blocked weight near full bandwidth where `F.linear`'s MKL path manages about half of it;
+- decode steps (and prompts of a few dozen tokens) run in the native engine (`gpt2/native.py`,
+  `gpt2/csrc/decode.c`) where it builds for this CPU: one C call a step, kernels that stream the
+  weights at memory speed, batched rows bit-identical to each row alone;
+- longer prompts, and every step where the engine is unavailable, run through torch: oneDNN's
+  `_linear_pointwise` (weights pre-packed with `mkldnn._reorder_linear_weight` when torch also decodes,
+  where its one-row matmul reads a blocked weight far faster than `F.linear`), fused GELU and residual
+  adds, q/k/v as views of one matmul, the KV cache written in place, attention over the filled prefix,
+  the head on the last position only;
 - precision modes cut the bytes: "fp32" (exact), "bf16" (half), "int8" (weight-only, per-output-channel
-  scales, bf16 activations through `aten._weight_int8pack_mm`; the tied 50257×768 head included);
-- GELU and the residual adds are fused into the matmuls where the kernel allows, q/k/v come out of one
-  fused matmul as views, the KV cache is written in place and attention reads only the filled prefix,
-  the head runs for the last position only, and a decode step indexes embeddings with Python ints.
+  scales; the tied 50257×768 head included).
 
-The math is unchanged: LayerNorm (eps 1e-5, biased variance), tanh-GELU and scaled dot-product attention
-through torch's fused primitives; `tests/test_fast.py` checks them against the hand-written `GPT2`.
-The residual stream and LayerNorm stay in fp32 in every mode; only matmul inputs/weights are narrowed.
+The math is unchanged: LayerNorm (eps 1e-5, biased variance), tanh-GELU and scaled dot-product attention;
+`tests/test_fast.py` and `tests/test_native.py` check both paths against the hand-written `GPT2` and
+Hugging Face's. The residual stream, LayerNorm and KV cache stay fp32 in every mode.
 """
 
 from __future__ import annotations
@@ -71,9 +74,10 @@ def resolve_precision(precision: str) -> str:
 class PackedLinear:
     """`y = x @ W.T + b` with W stored the fastest way for its precision; optional fused GELU / residual.
 
-    fp32 and bf16 use oneDNN's prepacked weight (falling back to `F.linear` where oneDNN is missing or
-    the tensors are not on the CPU); int8 stores W as int8 with one scale per output row (symmetric,
-    absmax/127, kept in bf16 as the kernel wants) and multiplies with bf16 activations.
+    fp32 and bf16 use oneDNN (prepacked unless `prepack=False`, which keeps the row-major weight the
+    native engine reads; `F.linear` where oneDNN is missing or the tensors are not on the CPU); int8
+    stores W as int8 with one scale per output row (symmetric, absmax/127, kept in bf16 as torch's
+    kernel wants, and in fp32 for the native engine) and multiplies with bf16 activations in torch.
     """
 
     def __init__(

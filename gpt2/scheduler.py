@@ -9,10 +9,11 @@ or cancelled ones leave, then advances every active request by one token with on
 Each request keeps what makes its output its own: its slot and position, its sampling parameters,
 its repetition-penalty mask, its text stream and its seeded generator, drawn from exactly as
 `generate_steps` draws (one draw per token, in order), so a seed gives the same text as running
-alone. The only difference is arithmetic: a batched matmul may round differently from a batch-1
-matmul in the last bit, which can flip a token at an exact near-tie. When a single request is
-running, the worker uses the same `decode_one` path as `generate_steps`, so a lone user gets
-bit-identical results at unchanged speed.
+alone. With the native decode engine (see gpt2/fast.py) a row's logits are bit-identical whatever else
+is in the batch; on torch's path a batched matmul may round differently from a batch-1 matmul in the
+last bit, which can flip a token at an exact near-tie. When a single request is running, the worker
+uses the same `decode_one` path as `generate_steps`, so a lone user gets bit-identical results at
+unchanged speed.
 
 Consumers get an iterator of the same `Step` objects as `generate_steps`; closing it (Gradio closes
 the generator on Stop or a closed tab) cancels the request, which leaves the batch at the next step.
