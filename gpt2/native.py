@@ -3,7 +3,8 @@
 `FastGPT2` uses it for decode steps (and short prompts) when it is available; everything else, and any
 machine where it is not, keeps the PyTorch path. It is built with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a per-user cache keyed by the source, the flags and the CPU, in
-about a second, once. Nothing here is required: no compiler, no AVX-512, or `GPT2_NATIVE=0` in the
+about a second, once. On AVX-512 it serves fp32, bf16 (with AVX512-BF16) and int8 (with AVX512-VNNI);
+on AVX2 + FMA, fp32. Nothing here is required: no compiler, an older CPU, or `GPT2_NATIVE=0` in the
 environment all mean `available()` is False and the reason is in `unavailable_reason()`.
 
 The library links the same `libgomp.so.1` that torch has already loaded, so its OpenMP threads are
@@ -25,7 +26,18 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "decode.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+# `-march=native`: the build uses whatever this CPU has (AVX-512, else AVX2); GPT2_NATIVE_MARCH overrides
+# it, e.g. "x86-64-v3" to build and test the AVX2 variant on an AVX-512 machine.
+MARCH_ENV = "GPT2_NATIVE_MARCH"
+
+
+def _flags() -> list[str]:
+    march = os.environ.get(MARCH_ENV, "native")
+    if not march.replace("-", "").replace("_", "").isalnum():
+        raise RuntimeError(f"{MARCH_ENV} must be a -march name like native or x86-64-v3, got {march!r}")
+    return ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+
+
 PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
 _FEATURE_BITS = {"fp32": 1, "bf16": 2, "int8": 4}
 
@@ -103,7 +115,8 @@ def _cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    parts = [source, " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode()]
+    flags = _flags()
+    parts = [source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()]
     key = hashlib.sha256(b"\0".join(parts))
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gpt2-handbuilt-{os.getuid()}"):
         target = folder / f"decode-{key.hexdigest()[:16]}.so"
@@ -118,7 +131,7 @@ def _build(compiler: str) -> Path:
         os.close(fd)
         try:
             done = subprocess.run(
-                [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
+                [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
             )
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:2000]}")
@@ -158,7 +171,7 @@ def _load() -> ctypes.CDLL | None:
                 ctypes.c_int,
             ]
             if lib.gpt2_features() == 0:
-                raise RuntimeError("this CPU lacks AVX-512 (F/BW/VL/DQ)")
+                raise RuntimeError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 with FMA")
             _lib = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _reason = str(e)
@@ -177,8 +190,8 @@ def unavailable_reason(precision: str = "fp32") -> str | None:
     if lib is None:
         return _reason
     if not lib.gpt2_features() & _FEATURE_BITS[precision]:
-        needs = {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}.get(precision, "AVX-512")
-        return f"{precision} needs {needs}, which this CPU lacks"
+        needs = {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}.get(precision, "AVX-512 or AVX2")
+        return f"{precision} needs {needs}, which this build lacks"
     return None
 
 

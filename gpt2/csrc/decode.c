@@ -27,12 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The instruction set: AVX-512 (all three precisions, as the CPU allows) or AVX2 + FMA (fp32 only);
+ * anything else builds the stub at the bottom. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
-#define GPT2_HAVE_AVX512 1
+#define GPT2_ISA 512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define GPT2_ISA 256
+#else
+#define GPT2_ISA 0
+#endif
+#if GPT2_ISA
 #include <immintrin.h>
 #include <omp.h>
-#else
-#define GPT2_HAVE_AVX512 0
 #endif
 
 enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
@@ -65,7 +71,9 @@ typedef struct {
 } Cache;
 
 int gpt2_features(void) {
-#if GPT2_HAVE_AVX512
+#if GPT2_ISA == 256
+    return FEAT_FP32;
+#elif GPT2_ISA == 512
     int f = FEAT_FP32;
 #if defined(__AVX512BF16__)
     f |= FEAT_BF16;
@@ -79,37 +87,84 @@ int gpt2_features(void) {
 #endif
 }
 
-#if GPT2_HAVE_AVX512
+#if GPT2_ISA
+
+/* ---------------------------------------------------------------- fp32 vectors of either width
+ * The fp32 path is written once over these; bf16 and int8 use AVX-512 instructions directly. */
+#if GPT2_ISA == 512
+#define VL 16
+typedef __m512 vf;
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vzero _mm512_setzero_ps
+#define vset1 _mm512_set1_ps
+#define vadd _mm512_add_ps
+#define vsub _mm512_sub_ps
+#define vmul _mm512_mul_ps
+#define vdiv _mm512_div_ps
+#define vmin _mm512_min_ps
+#define vmax _mm512_max_ps
+#define vfma _mm512_fmadd_ps   /* a * b + c */
+#define vfnma _mm512_fnmadd_ps /* c - a * b */
+#define vsum _mm512_reduce_add_ps
+#define vround(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vpow2(p, n) _mm512_scalef_ps(p, n) /* p * 2^n */
+#else
+#define VL 8
+typedef __m256 vf;
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vzero _mm256_setzero_ps
+#define vset1 _mm256_set1_ps
+#define vadd _mm256_add_ps
+#define vsub _mm256_sub_ps
+#define vmul _mm256_mul_ps
+#define vdiv _mm256_div_ps
+#define vmin _mm256_min_ps
+#define vmax _mm256_max_ps
+#define vfma _mm256_fmadd_ps
+#define vfnma _mm256_fnmadd_ps
+#define vround(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline float vsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* p * 2^n for integral n in [-126, 127] (exp512's clamp keeps it there): build 2^n in the exponent bits */
+static inline __m256 vpow2(__m256 p, __m256 n) {
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
 
 /* ---------------------------------------------------------------- small vector helpers */
 
-/* e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error
- * below 1e-8 on that range), then scaled by 2^n. Inputs below -87 give 0 (or tiny), as expf does. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-100.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2, split in two */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+/* e^x per lane: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below
+ * 1e-8 on that range), then scaled by 2^n. Inputs are clamped to [-87, 88]: e^-87 ~ 1.6e-38 stands in
+ * for anything smaller (a softmax weight or GELU term that small changes nothing). */
+static inline vf vexp(vf x) {
+    x = vmax(vmin(x, vset1(88.0f)), vset1(-87.0f));
+    vf n = vround(vmul(x, vset1(1.44269504088896341f)));
+    vf r = vfnma(n, vset1(0.693145751953125f), x); /* ln2, split in two */
+    r = vfnma(n, vset1(1.428606765330187045e-06f), r);
+    vf p = vset1(1.0f / 5040);
+    p = vfma(p, r, vset1(1.0f / 720));
+    p = vfma(p, r, vset1(1.0f / 120));
+    p = vfma(p, r, vset1(1.0f / 24));
+    p = vfma(p, r, vset1(1.0f / 6));
+    p = vfma(p, r, vset1(0.5f));
+    p = vfma(p, r, vset1(1.0f));
+    p = vfma(p, r, vset1(1.0f));
+    return vpow2(p, n);
 }
 
 /* GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); written as x * sigmoid(2u)
  * = x / (1 + e^(-2u)), which is the same function and needs one exp. */
-static inline __m512 gelu512(__m512 x) {
-    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    __m512 u =
-        _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
-    __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+static inline vf vgelu(vf x) {
+    vf x3 = vmul(vmul(x, x), x);
+    vf u = vmul(vset1(0.7978845608028654f), vfma(vset1(0.044715f), x3, x));
+    return vdiv(x, vadd(vset1(1.0f), vexp(vmul(u, vset1(-2.0f)))));
 }
 
 /* ---------------------------------------------------------------- activations, per precision */
@@ -146,7 +201,9 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
             hi[k] = bf16_round(x[k]);
             lo[k] = bf16_round(x[k] - bf16_value(hi[k]));
         }
-    } else if (precision == PREC_INT8) {
+    }
+#if GPT2_ISA == 512
+    if (precision == PREC_INT8) {
         int16_t *q = act->q + r * in;
         float *qs = act->qs + r * (in / GROUP);
         for (int64_t g = 0; g < in / GROUP; g++) {
@@ -165,6 +222,7 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
             qs[g] = scale;
         }
     }
+#endif
 }
 
 /* ---------------------------------------------------------------- dot-product kernels
@@ -181,23 +239,23 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
 
 static inline __attribute__((always_inline)) void tile_fp32(const float *W, const float *X, int64_t in,
                                                             int NO, int NB, float out[4][4]) {
-    __m512 a[4][4];
+    vf a[4][4];
     for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < in; k += 16) {
-        __m512 x[4];
-        for (int b = 0; b < NB; b++) x[b] = _mm512_loadu_ps(X + b * in + k);
+        for (int b = 0; b < NB; b++) a[i][b] = vzero();
+    for (int64_t k = 0; k < in; k += VL) {
+        vf x[4];
+        for (int b = 0; b < NB; b++) x[b] = vload(X + b * in + k);
         for (int i = 0; i < NO; i++) {
             if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
-            __m512 w = _mm512_loadu_ps(W + i * in + k);
-            for (int b = 0; b < NB; b++) a[i][b] = _mm512_fmadd_ps(w, x[b], a[i][b]);
+            vf w = vload(W + i * in + k);
+            for (int b = 0; b < NB; b++) a[i][b] = vfma(w, x[b], a[i][b]);
         }
     }
     for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
+        for (int b = 0; b < NB; b++) out[i][b] = vsum(a[i][b]);
 }
 
-#if defined(__AVX512BF16__)
+#if GPT2_ISA == 512 && defined(__AVX512BF16__)
 /* bf16 weights: each chunk adds w*hi, then w*lo, the activation's two bf16 parts (see the top). */
 static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, const uint16_t *H,
                                                             const uint16_t *L, int64_t in, int NO, int NB,
@@ -223,7 +281,7 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, c
 }
 #endif
 
-#if defined(__AVX512VNNI__)
+#if GPT2_ISA == 512 && defined(__AVX512VNNI__)
 /* int8 weights x 16-bit activation codes: vpdpwssd adds pairs of int16 products into int32 lanes; each
  * group of 64 values goes to fp32 with its activation scale before the next (no int32 overflow:
  * 64 * 127 * 32767 < 2^31). The caller applies the weight row's scale. */
@@ -262,13 +320,14 @@ static inline __attribute__((always_inline)) void tile_int8(const int8_t *W, con
 static inline __attribute__((always_inline)) void
 tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
     const int64_t in = L->in;
-#if defined(__AVX512BF16__)
+    (void)precision; /* an AVX2 build has fp32 only */
+#if GPT2_ISA == 512 && defined(__AVX512BF16__)
     if (precision == PREC_BF16) {
         tile_bf16((const uint16_t *)L->w + o * in, a->hi + b0 * in, a->lo + b0 * in, in, NO, NB, out);
         return;
     }
 #endif
-#if defined(__AVX512VNNI__)
+#if GPT2_ISA == 512 && defined(__AVX512VNNI__)
     if (precision == PREC_INT8) {
         tile_int8((const int8_t *)L->w + o * in, a->q + b0 * in, a->qs + b0 * (in / GROUP), in, NO, NB, out);
         for (int i = 0; i < NO; i++)
@@ -328,62 +387,61 @@ static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nr
 /* ---------------------------------------------------------------- LayerNorm, attention */
 
 static void layer_norm_row(const float *x, const float *w, const float *b, float *y, int64_t C) {
-    __m512 s = _mm512_setzero_ps();
-    for (int64_t k = 0; k < C; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + k));
-    const float mean = _mm512_reduce_add_ps(s) / (float)C;
-    const __m512 m = _mm512_set1_ps(mean);
-    __m512 v = _mm512_setzero_ps();
-    for (int64_t k = 0; k < C; k += 16) {
-        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + k), m);
-        v = _mm512_fmadd_ps(d, d, v);
+    vf s = vzero();
+    for (int64_t k = 0; k < C; k += VL) s = vadd(s, vload(x + k));
+    const float mean = vsum(s) / (float)C;
+    const vf m = vset1(mean);
+    vf v = vzero();
+    for (int64_t k = 0; k < C; k += VL) {
+        vf d = vsub(vload(x + k), m);
+        v = vfma(d, d, v);
     }
-    const float var = _mm512_reduce_add_ps(v) / (float)C; /* biased, as GPT-2's */
-    const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(var + 1e-5f));
-    for (int64_t k = 0; k < C; k += 16) {
-        __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k), m), inv);
-        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(d, _mm512_loadu_ps(w + k), _mm512_loadu_ps(b + k)));
+    const float var = vsum(v) / (float)C; /* biased, as GPT-2's */
+    const vf inv = vset1(1.0f / sqrtf(var + 1e-5f));
+    for (int64_t k = 0; k < C; k += VL) {
+        vf d = vmul(vsub(vload(x + k), m), inv);
+        vstore(y + k, vfma(d, vload(w + k), vload(b + k)));
     }
 }
 
-/* One head of one row: q (hs floats) against keys/values at positions [0, pos] of that row's slot. */
+/* One head of one row: q (hs floats) against keys/values at positions [0, pos] of that row's slot.
+ * `scores` has room for pos + 1 + VL floats. */
 static void attend_head(const float *q, const float *K, const float *V, int64_t pos, int64_t hs,
                         float *scores, float *out) {
     const float scale = 1.0f / sqrtf((float)hs);
     float mx = -INFINITY;
     for (int64_t t = 0; t <= pos; t++) {
         const float *kt = K + t * hs;
-        __m512 s = _mm512_setzero_ps();
-        for (int64_t d = 0; d < hs; d += 16)
-            s = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(kt + d), s);
-        float v = _mm512_reduce_add_ps(s) * scale;
+        vf s = vzero();
+        for (int64_t d = 0; d < hs; d += VL) s = vfma(vload(q + d), vload(kt + d), s);
+        float v = vsum(s) * scale;
         scores[t] = v;
         mx = v > mx ? v : mx;
     }
     const int64_t n = pos + 1;
-    const __m512 m = _mm512_set1_ps(mx);
-    __m512 sum = _mm512_setzero_ps();
-    int64_t t = 0;
-    for (; t + 16 <= n; t += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + t), m));
-        _mm512_storeu_ps(scores + t, e);
-        sum = _mm512_add_ps(sum, e);
+    /* Pad to whole vectors with the maximum's value: those lanes are exponentiated but never used. */
+    for (int64_t t = n; t < (n + VL - 1) / VL * VL; t++) scores[t] = mx;
+    const vf m = vset1(mx);
+    float sum = 0.0f;
+    for (int64_t t = 0; t < n; t += VL) {
+        vf e = vexp(vsub(vload(scores + t), m));
+        vstore(scores + t, e);
+        if (t + VL <= n) {
+            sum += vsum(e);
+        } else {
+            for (int64_t u = t; u < n; u++) sum += scores[u];
+        }
     }
-    if (t < n) {
-        __mmask16 k = (__mmask16)((1u << (n - t)) - 1);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + t), m));
-        e = _mm512_maskz_mov_ps(k, e);
-        _mm512_mask_storeu_ps(scores + t, k, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    const int nd = (int)(hs / 16); /* head_dim is 64 in every GPT-2 (<= 64 required by the caller) */
+    const float inv = 1.0f / sum;
+    vf acc[64 / VL];
+    const int nd = (int)(hs / VL); /* head_dim is 64 in every GPT-2 (<= 64 required by the caller) */
+    for (int d = 0; d < nd; d++) acc[d] = vzero();
     for (int64_t u = 0; u < n; u++) {
-        const __m512 p = _mm512_set1_ps(scores[u]);
+        const vf p = vset1(scores[u]);
         const float *vt = V + u * hs;
-        for (int d = 0; d < nd; d++) acc[d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vt + 16 * d), acc[d]);
+        for (int d = 0; d < nd; d++) acc[d] = vfma(p, vload(vt + VL * d), acc[d]);
     }
-    for (int d = 0; d < nd; d++) _mm512_storeu_ps(out + 16 * d, _mm512_mul_ps(acc[d], _mm512_set1_ps(inv)));
+    for (int d = 0; d < nd; d++) vstore(out + VL * d, vmul(acc[d], vset1(inv)));
 }
 
 /* ---------------------------------------------------------------- the step */
@@ -457,8 +515,7 @@ static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < n; i++) {
                 float *row = h + n * C + i * F4;
-                for (int64_t k = 0; k < F4; k += 16)
-                    _mm512_storeu_ps(row + k, gelu512(_mm512_loadu_ps(row + k)));
+                for (int64_t k = 0; k < F4; k += VL) vstore(row + k, vgelu(vload(row + k)));
                 prepare_row(P, row, &a, i);
             }
             linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD);
@@ -523,7 +580,7 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     return rc;
 }
 
-#else /* no AVX-512: nothing here; gpt2_features() reports 0 and Python keeps its own path */
+#else /* neither AVX-512 nor AVX2: nothing here; gpt2_features() reports 0 and Python keeps its own path */
 
 int gpt2_forward(const void *m, const void *c, int64_t n, const int64_t *tokens, const int64_t *positions,
                  const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
