@@ -112,6 +112,12 @@ def _cache_dir() -> Path:
     return Path(base).expanduser() / "gpt2-handbuilt"
 
 
+def _private(folder: Path) -> bool:
+    """Owned by this user and not writable by group or others (so nobody can plant a library there)."""
+    st = folder.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -120,14 +126,16 @@ def _build(compiler: str) -> Path:
     key = hashlib.sha256(b"\0".join(parts))
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gpt2-handbuilt-{os.getuid()}"):
         target = folder / f"decode-{key.hexdigest()[:16]}.so"
-        if target.is_file():
-            return target
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _private(folder):
+                continue  # a library is only loaded from a folder nobody else can write into
+            if target.is_file():
+                return target
+            # Build under a temporary name, then rename: concurrent processes never load a half-written file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         except OSError:
             continue
-        # Build under a temporary name, then rename: concurrent processes never load a half-written file.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         try:
             done = subprocess.run(
@@ -140,7 +148,7 @@ def _build(compiler: str) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError(f"no writable cache folder for the native library (tried {_cache_dir()})")
+    raise RuntimeError(f"no private writable cache folder for the native library (tried {_cache_dir()})")
 
 
 def _load() -> ctypes.CDLL | None:
