@@ -128,9 +128,7 @@ class SamplingParams:
             return self.process(logits, seen), None
         if self.top_p < 1.0 or not 0 < self.top_k < logits.shape[-1]:
             processed = self.process(logits, seen)
-            kept = torch.isfinite(processed).sum(dim=-1)
-            even = bool((kept == kept.view(-1)[0]).all())
-            return processed, self.candidates(processed) if even else None
+            return processed, self._even_candidates(processed)
         x = self._penalised(logits, seen) / self.temperature
         values, idx = torch.topk(x, self.top_k, dim=-1)
         drop = x < values[..., -1:]
@@ -138,9 +136,12 @@ class SamplingParams:
         if bool(((~drop).sum(dim=-1) == self.top_k).all()):
             idx, order = idx.sort(dim=-1)
             return processed, (values.gather(-1, order), idx)
+        return processed, self._even_candidates(processed)
+
+    def _even_candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`candidates(processed)` when every row keeps the same number of tokens, else None."""
         kept = torch.isfinite(processed).sum(dim=-1)
-        even = bool((kept == kept.view(-1)[0]).all())
-        return processed, self.candidates(processed) if even else None
+        return self.candidates(processed) if bool((kept == kept.view(-1)[0]).all()) else None
 
     def choose(
         self,
