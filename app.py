@@ -1,83 +1,50 @@
 """The Gradio Space: GPT-2 streaming token by token, with a look inside the model, and a client API.
 
-    python app.py [--weights weights/] [--share] [--mcp]
+    python app.py [--weights weights/ | hf://OWNER/REPO] [--precision fp32|bf16|int8] [--share] [--mcp]
 
-Host and port come from Gradio's environment (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Event handlers are
-thin: they check the request, then iterate `stream_generation`, the one place that drives the library. It
-consumes `Step`s from a step source (`gpt2.generate_steps` by default), so a batching scheduler or another
-precision can be plugged in through `build_demo(step_source=...)` without touching the UI.
+Layout and wiring only: requests are checked, scheduled and streamed by `gpt2.serving`, and rendered by
+`ui.render`. Host and port come from Gradio's environment (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT).
 
 API (all streaming, parameters by name, see README.md, "Using the API"):
     /generate             the continuation so far, as a string, at each update
     /generate_with_probs  the same plus per-token probabilities, alternatives and perplexity, as JSON
+    /generate_samples     n continuations of one prompt decoded side by side, as a list of strings
 """
 
 # No `from __future__ import annotations`: gr.api reads the endpoint functions' annotations at runtime.
 
 import argparse
-import html
 import importlib.util
-import math
+import inspect
 import os
 import sys
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
-import torch
 
-from gpt2 import (
-    GPT2,
-    Step,
-    Tokenizer,
-    generate_steps,
-    list_models,
-    load_model,
-    load_tokenizer,
-    native,
-    read_metadata,
+from gpt2.precision import PRECISIONS
+from gpt2.request import SERVING
+from gpt2.scheduler import BusyError
+from gpt2.serving import (
+    DEFAULTS,
+    ModelRegistry,
+    NoWeightsError,
+    Progress,
+    Server,
+    make_request,
+    parse_stop_text,
 )
-from gpt2.fast import PRECISIONS, FastGPT2, resolve_precision
-from gpt2.generation import normalize_stop, prompt_ids
-from gpt2.inspect import PromptProbs, TokenProbs, continuation_summary, prompt_probs, token_probs
-from gpt2.sampling import resolve_seed
-from gpt2.scheduler import BatchedSteps, BusyError
-from gpt2.tokenizer import BPE_FILE_SHA256
+from ui import render
 
 try:  # Hugging Face ZeroGPU: present on Spaces that use it, a no-op decorator everywhere else.
     import spaces  # type: ignore[import-not-found]
 except ImportError:
     spaces = None
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_WEIGHTS = ROOT / "weights"
-CONVERT_COMMAND = "python -m convert --model 124M"
-MAX_PROMPT_CHARS = 20_000  # ~5k tokens; the model sees at most 1024 of them anyway
-YIELD_INTERVAL = 1 / 15  # seconds between UI/API updates: smooth to read, cheap to send
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
-
-# One table for the sliders and for checking API requests (which bypass the sliders).
-LIMITS: dict[str, tuple[float, float]] = {
-    "max_new_tokens": (1, 1024),
-    "temperature": (0.0, 2.0),
-    "top_k": (0, 200),
-    "top_p": (0.05, 1.0),
-    "repetition_penalty": (1.0, 2.0),
-}
-INTEGER_PARAMS = ("max_new_tokens", "top_k")
-DEFAULTS: dict[str, float] = {
-    "max_new_tokens": 100,
-    "temperature": 1.0,
-    "top_k": 40,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-}
+API_ENDPOINTS = ("generate", "generate_with_probs", "generate_samples")
 EXAMPLES = [
     "Every effort moves you",
     "The lighthouse keeper had not spoken to anyone in three years, until",
@@ -85,8 +52,40 @@ EXAMPLES = [
     "def fibonacci(n):",
     "Breaking news: scientists in Reykjavik announced today that",
 ]
+API_ARGS = """\
+    prompt: text to continue (at most 20,000 characters; empty starts from <|endoftext|>)
+    max_new_tokens: tokens to generate, 1 to 1024
+    temperature: 0 to 2; 0 is greedy (always the most likely token)
+    top_k: keep only the k most likely tokens, 0 to 200; 0 turns it off
+    top_p: nucleus sampling, 0.05 to 1; 1 turns it off
+    repetition_penalty: 1 (off) to 2; discourages tokens already in the text
+    seed: a whole number for reproducible text; empty or null picks one at random (the seed used is reported)
+    stop: a stop string or a list of them; the text ends before the first one (not included)
+    model: one of the server's models (see the model selector)
+"""
+SLIDERS = [  # name, label, step, info; ranges from gpt2.request.SERVING, defaults from gpt2.serving.DEFAULTS
+    ("max_new_tokens", "Max new tokens", 1, None),
+    ("temperature", "Temperature", 0.05, "0 = greedy"),
+    ("top_k", "Top-k", 1, "0 = off"),
+    ("top_p", "Top-p", 0.05, "1 = off"),
+    ("repetition_penalty", "Repetition penalty", 0.05, "1 = off"),
+]
 
-StepSource = Callable[..., Iterator[Step]]
+
+class Blocks(gr.Blocks):
+    """gr.Blocks whose API endpoints answer a REST call with the wrong number of inputs with a message
+    (Gradio's own check sends `{"error": null}` and prints a traceback)."""
+
+    def validate_inputs(self, block_fn, inputs):  # type: ignore[no-untyped-def]
+        wanted = list(inspect.signature(block_fn.fn).parameters)
+        if block_fn.api_name in API_ENDPOINTS and len(inputs) != len(wanted):
+            raise gr.Error(
+                f"/{block_fn.api_name} takes {len(wanted)} inputs, in this order: {', '.join(wanted)} "
+                f"(got {len(inputs)})",
+                title="Invalid request",
+                print_exception=False,
+            )
+        super().validate_inputs(block_fn, inputs)
 
 
 def gpu(fn: Callable) -> Callable:
@@ -94,504 +93,49 @@ def gpu(fn: Callable) -> Callable:
     return spaces.GPU(fn) if spaces is not None else fn
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Models
-
-
-class NoWeightsError(RuntimeError):
-    pass
-
-
-class ModelRegistry:
-    """Converted models by display name, loaded on first use and kept (at most `max_loaded` at a time).
-
-    Names are the only handle a request has on a model: a name must be one `list_models` found, so no
-    request can make the app open a path of its choosing.
-    """
-
-    def __init__(
-        self,
-        paths: dict[str, Path],
-        tokenizer: Tokenizer,
-        *,
-        directory: Path | None = None,
-        device: str | None = None,
-        precision: str = "fp32",
-        max_loaded: int = 2,
-    ) -> None:
-        if not paths:
-            raise NoWeightsError("no converted models")
-        self.paths = dict(paths)
-        self.tokenizer = tokenizer
-        self.directory = directory  # re-scanned when a request names a model converted after start-up
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if precision != "fp32" and not self.device.startswith("cpu"):
-            raise ValueError(f"precision {precision!r} is a CPU mode; on {self.device} use fp32")
-        # bf16/int8 fall back to fp32 (with a warning) on CPUs without native bf16.
-        self.precision = resolve_precision(precision)
-        self.max_loaded = max_loaded
-        self._models: OrderedDict[str, GPT2 | FastGPT2] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_path(
-        cls, path: str | os.PathLike[str], device: str | None = None, precision: str = "fp32"
-    ) -> "ModelRegistry":
-        """Every converted model in a folder, or the single model in a weights file."""
-        path = Path(path)
-        if path.is_file():
-            name = read_metadata(path).get("name") or path.stem
-            paths, directory = {name: path.resolve()}, None
-            bpe = path.parent
-        else:
-            paths, directory, bpe = list_models(path), path, path
-        if not paths:
-            raise NoWeightsError(
-                f"No converted GPT-2 weights found in {path}. Convert OpenAI's checkpoint first:\n\n"
-                f"    {CONVERT_COMMAND}\n\n(or point --weights at a converted .safetensors file or folder)"
-            )
-        has_bpe = all((bpe / name).is_file() for name in BPE_FILE_SHA256)
-        tokenizer = load_tokenizer(bpe if has_bpe else None)
-        return cls(paths, tokenizer, directory=directory, device=device, precision=precision)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.paths)
-
-    @property
-    def default(self) -> str:
-        return self.names[0]  # list_models sorts by size: the smallest (fastest) model first
-
-    def is_loaded(self, name: str) -> bool:
-        return name in self._models
-
-    def check_name(self, name: object) -> str:
-        if name is None or name == "":
-            return self.default
-        if not isinstance(name, str):
-            raise ValueError(f"model must be a model name (a string), got {type(name).__name__}")
-        if name not in self.paths and self.directory is not None:
-            self.paths = list_models(self.directory) or self.paths
-        if name not in self.paths:
-            raise ValueError(f"unknown model {name[:80]!r}; available: {', '.join(self.names)}")
-        return name
-
-    @property
-    def device_label(self) -> str:
-        return self.device if self.precision == "fp32" else f"{self.device}, {self.precision}"
-
-    def get(self, name: str) -> GPT2 | FastGPT2:
-        name = self.check_name(name)
-        with self._lock:  # two first requests for one model load it once
-            if name not in self._models:
-                model = load_model(self.paths[name], device=self.device)
-                if self.precision != "fp32":  # packed bf16/int8 weights; the fp32 copy is dropped
-                    model = FastGPT2(model, self.precision)
-                self._models[name] = model
-                while len(self._models) > self.max_loaded:
-                    self._models.popitem(last=False)
-            self._models.move_to_end(name)
-            return self._models[name]
-
-
-def default_concurrency(device: str) -> int:
-    """How many generations run at once. On a small CPU one at a time is fastest for everyone (each
-    already uses every core); a GPU interleaves several without slowing each much."""
-    env = os.environ.get("GPT2_CONCURRENCY")
-    if env:
-        if not env.strip().isdigit():
-            raise ValueError(f"GPT2_CONCURRENCY must be a whole number, got {env!r}")
-        return max(1, int(env))
-    if device.startswith("cuda"):
-        return 4
-    return 1 if (os.cpu_count() or 1) <= 4 else 2
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Requests
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: str
-    max_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    repetition_penalty: float
-    seed: int
-    stop: tuple[str, ...]
-    model: str
-
-
-def _check_number(name: str, value: object) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
-    number = float(value)
-    lo, hi = LIMITS[name]
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {number}")
-    if not lo <= number <= hi:
-        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
-    if name in INTEGER_PARAMS:
-        if number != int(number):
-            raise ValueError(f"{name} must be a whole number, got {number:g}")
-        return int(number)
-    return number
-
-
-def make_request(
-    registry: ModelRegistry,
-    prompt: object,
-    max_new_tokens: object = DEFAULTS["max_new_tokens"],
-    temperature: object = DEFAULTS["temperature"],
-    top_k: object = DEFAULTS["top_k"],
-    top_p: object = DEFAULTS["top_p"],
-    repetition_penalty: object = DEFAULTS["repetition_penalty"],
-    seed: object = None,
-    stop: object = None,
-    model: object = None,
-) -> Request:
-    """Check everything a client sent; a ValueError carries a message meant for the person who sent it."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(
-            f"prompt is too long: {len(prompt):,} characters (at most {MAX_PROMPT_CHARS:,}; "
-            f"GPT-2 sees only its last 1024 tokens)"
-        )
-    numbers = {
-        name: _check_number(name, value)
-        for name, value in dict(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-        ).items()
-    }
-    return Request(
-        prompt=prompt,
-        seed=resolve_seed(seed),  # the seed actually used, reported back so any result can be reproduced
-        stop=tuple(normalize_stop(stop)),
-        model=registry.check_name(model),
-        **numbers,
-    )
-
-
-def parse_stop_text(text: str | None) -> list[str]:
-    """The UI's stop box: comma-separated, with \\n and \\t written as escapes (e.g. `\\n\\n, THE END`)."""
-    if not text:
-        return []
-    parts = [p.strip().replace("\\n", "\n").replace("\\t", "\t") for p in text.split(",")]
-    return [p for p in parts if p]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The one function that drives the library
-
-
-@dataclass
-class Progress:
-    """What a client sees at an update: the continuation so far and live numbers."""
-
-    text: str
-    request: Request
-    device: str
-    n_prompt: int
-    n_new: int = 0
-    elapsed: float = 0.0
-    ttft: float | None = None  # seconds from the request to the first token
-    finish_reason: str | None = None  # set on the last update
-    tokens: list[TokenProbs] = field(default_factory=list)  # with_probs only
-    prompt: PromptProbs | None = None  # with_probs only
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        return self.n_new / self.elapsed if self.n_new and self.elapsed > 0 else None
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.n_prompt,
-            "new_tokens": self.n_new,
-            "seconds": round(self.elapsed, 4),
-            "tokens_per_second": self.tokens_per_second,
-            "time_to_first_token": self.ttft,
-        }
-
-
-def stream_generation(
-    registry: ModelRegistry,
-    request: Request,
-    *,
-    with_probs: bool = False,
-    interval: float = YIELD_INTERVAL,
-    step_source: StepSource = generate_steps,
-) -> Iterator[Progress]:
-    """Run one request, yielding a `Progress` about every `interval` seconds; the last one is complete.
-
-    The same `Progress` object is updated and re-yielded (callers render it before asking for more).
-    With `with_probs`, each token is inspected from the logits the step already carries, and the prompt
-    is scored with one extra forward pass after the first token (so it does not delay that token).
-    """
-    model = registry.get(request.model)
-    tokenizer = registry.tokenizer
-    ids = prompt_ids(tokenizer, request.prompt)
-    start = time.perf_counter()
-    steps = step_source(
-        model,
-        tokenizer,
-        request.prompt,
-        max_new_tokens=request.max_new_tokens,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty,
-        seed=request.seed,
-        stop=list(request.stop),
-    )
-    progress = Progress("", request, registry.device_label, n_prompt=len(ids))
-    pieces: list[str] = []
-    last_yield = -math.inf
-    try:
-        while True:
-            # Grad mode is per thread, and Gradio may resume a generator on a different thread for every
-            # update: switch it off around each step rather than once around the loop.
-            with torch.no_grad():
-                step = next(steps, None)
-                if step is None:  # a step source that ends without a final step
-                    step = Step(None, "", finish_reason="length")
-                now = time.perf_counter()
-                if step.token is not None:
-                    progress.n_new += 1
-                    if progress.ttft is None:
-                        progress.ttft = now - start
-                    if with_probs:
-                        progress.tokens.append(
-                            token_probs(tokenizer, step.token, step.logits, step.processed)
-                        )
-                if with_probs and progress.prompt is None and (progress.n_new or step.token is None):
-                    progress.prompt = prompt_probs(model, tokenizer, ids)
-            pieces.append(step.text)
-            progress.elapsed = now - start
-            if step.token is None:
-                progress.finish_reason = step.finish_reason or "length"
-                progress.text = "".join(pieces)
-                yield progress
-                return
-            if now - last_yield >= interval:
-                progress.text = "".join(pieces)
-                last_yield = now
-                yield progress
-    finally:
-        # Stopped early (Stop, job.cancel(), a closed tab): tell the step source at once, so a shared
-        # scheduler frees this request's slot now rather than when the garbage collector gets to it.
-        close = getattr(steps, "close", None)
-        if close is not None:
-            close()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Rendering (pure functions of a Progress, so they are easy to test)
-
-
-def status_line(p: Progress) -> str:
-    parts = [
-        f"**{p.n_prompt}** prompt tokens",
-        f"**{p.n_new}** new tokens",
-        f"**{p.tokens_per_second:.1f}** tokens/s" if p.tokens_per_second else "— tokens/s",
-        f"first token **{p.ttft:.2f} s**" if p.ttft is not None else "first token —",
-        f"seed `{p.request.seed}`",
-        f"{p.request.model} on {p.device}",
-    ]
-    state = f"finished ({p.finish_reason})" if p.done else "generating…"
-    return " · ".join(parts) + f" · _{state}_"
-
-
-def prob_color(p: float | None) -> str:
-    """Green for tokens the model was sure of, through yellow, to red at 1 in 10,000 or less (log scale)."""
-    if p is None:
-        return "transparent"
-    x = 0.0 if p <= 0 else min(1.0, max(0.0, 1.0 + math.log10(p) / 4.0))
-    return f"hsla({120 * x:.0f}, 85%, 45%, 0.38)"
-
-
-def _show(text: str) -> str:
-    # Make whitespace-only tokens visible without changing the layout of the text.
-    return html.escape(text).replace("\n", "↵\n")
-
-
-def _pct(p: float) -> str:
-    """A probability as a percentage with three significant digits (0.0141%, 53.2%, 100%)."""
-    return f"{p * 100:.3g}%"
-
-
-def _label(text: str) -> str:
-    """A token's text for a tooltip: quoted the Python way, so spaces and newlines are visible."""
-    return html.escape(repr(text)[1:-1])
-
-
-def token_span(t: TokenProbs) -> str:
-    rows = "".join(
-        f"<tr class='{'chosen' if a.token == t.token else ''}'><td>{_label(a.text)}</td>"
-        f"<td>{_pct(a.prob)}</td><td>{_pct(a.sampled_prob)}</td></tr>"
-        for a in t.alternatives
-    )
-    tip = (
-        f"<span class='tip'><b>{_label(t.text)}</b> · sampled p {_pct(t.prob)} · "
-        f"model p {_pct(t.raw_prob)} · rank {t.rank} · entropy {t.entropy:.2f}"
-        f"<table><tr><th>alternative</th><th>model</th><th>sampled</th></tr>{rows}</table></span>"
-    )
-    return (
-        f"<span class='tok gen' tabindex='0' style='background:{prob_color(t.raw_prob)}'>"
-        f"{_show(t.text)}{tip}</span>"
-    )
-
-
-def prompt_spans(prompt: PromptProbs | None) -> str:
-    if prompt is None:
-        return ""
-    out = []
-    for t in prompt.tokens:
-        p = "—" if t.prob is None else _pct(t.prob)
-        tip = f"<span class='tip'><b>{_label(t.text)}</b> · prompt token · p {p}"
-        tip += f" · rank {t.rank}</span>" if t.rank is not None else "</span>"
-        out.append(
-            f"<span class='tok prm' tabindex='0' style='background:{prob_color(t.prob)}'>"
-            f"{_show(t.text)}{tip}</span>"
-        )
-    return "".join(out)
-
-
-def sparkline(values: list[float], width: int = 260, height: int = 36) -> str:
-    if len(values) < 2:
-        return ""
-    top = max(max(values), 1e-6)
-    step = width / (len(values) - 1)
-    points = " ".join(
-        f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(values)
-    )
-    return (
-        f"<svg class='spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
-        f"role='img' aria-label='entropy per step'><polyline fill='none' stroke='currentColor' "
-        f"stroke-width='1.5' points='{points}'/></svg>"
-    )
-
-
-def summary_html(p: Progress) -> str:
-    s = continuation_summary(p.tokens)
-    ppl = f"{p.prompt.perplexity:.1f}" if p.prompt and p.prompt.perplexity is not None else "—"
-    mean_lp = f"{s['mean_logprob']:.2f}" if s["mean_logprob"] is not None else "—"
-    cont_ppl = f"{s['perplexity']:.1f}" if s["perplexity"] is not None else "—"
-    ent = f"{s['mean_entropy']:.2f}" if s["mean_entropy"] is not None else "—"
-    return (
-        "<div class='summary'>"
-        f"<div><span class='k'>prompt perplexity</span> <b>{ppl}</b></div>"
-        f"<div><span class='k'>continuation mean log-prob</span> <b>{mean_lp}</b> "
-        f"<span class='k'>(perplexity {cont_ppl})</span></div>"
-        f"<div><span class='k'>entropy per step (mean {ent} nats)</span><br>"
-        f"{sparkline([t.entropy for t in p.tokens])}</div>"
-        "</div>"
-    )
-
-
-LEGEND = (
-    "<div class='legend'>model probability: "
-    + "".join(
-        f"<span class='tok' style='background:{prob_color(p)}'>{label}</span> "
-        for p, label in [
-            (1.0, "≥ 90%"),
-            (0.1, "10%"),
-            (0.01, "1%"),
-            (0.001, "0.1%"),
-            (1e-4, "≤ 0.01%"),
-        ]
-    )
-    + " · hover or tap a token for what else the model considered</div>"
-)
-
-TOKENS_CSS = """
-.tokens { position: relative; white-space: pre-wrap; line-height: 1.9; font-family: var(--font-mono);
-  font-size: 0.9em; }
-.tok { border-radius: 3px; padding: 1px 0; cursor: default; }
-.tok.prm { opacity: 0.75; }
-/* A token's details open as a panel under the whole token block (positioned on .tokens, not on the
-   token), so they never run off the edge of the page whatever the token's place in the line. */
-.tok .tip { display: none; position: absolute; left: 0; right: 0; top: calc(100% + 4px); z-index: 50;
-  white-space: normal; padding: 6px 8px; border-radius: 6px; font-size: 0.85em; line-height: 1.35;
-  background: var(--background-fill-primary); color: var(--body-text-color);
-  border: 1px solid var(--border-color-primary); box-shadow: 0 2px 8px rgba(0,0,0,.2); }
-.tok:hover, .tok:focus { outline: 1px solid var(--body-text-color); }
-.tok:hover .tip, .tok:focus .tip { display: block; }
-.tip table { border-collapse: collapse; margin-top: 4px; }
-.tip td, .tip th { padding: 0 10px 0 0; text-align: left; white-space: pre; }
-.tip tr.chosen td { font-weight: bold; }
-.legend { font-size: 0.8em; margin-bottom: 6px; opacity: 0.85; }
-.summary { font-size: 0.9em; display: flex; flex-direction: column; gap: 4px; }
-.summary .k { opacity: 0.7; }
-"""
-
-
-def tokens_html(prompt_part: str, gen_spans: list[str]) -> str:
-    return f"{LEGEND}<div class='tokens'>{prompt_part}{''.join(gen_spans)}</div>"
-
-
-def probs_payload(p: Progress) -> dict[str, Any]:
-    """The JSON /generate_with_probs streams (documented in README.md, "Using the API")."""
-    return {
-        "text": p.text,
-        "done": p.done,
-        "finish_reason": p.finish_reason,
-        "seed": p.request.seed,
-        "model": p.request.model,
-        "stats": p.stats(),
-        "prompt": p.prompt.to_dict() if p.prompt is not None else None,
-        "tokens": [t.to_dict() for t in p.tokens],
-        "summary": continuation_summary(p.tokens),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The Blocks app
-
-
 def build_demo(
     registry: ModelRegistry | str | os.PathLike[str] = DEFAULT_WEIGHTS,
     *,
-    step_source: StepSource = generate_steps,
-    yield_interval: float = YIELD_INTERVAL,
-    concurrency: int | None = None,
+    server: Server | None = None,
+    max_batch: int = 8,
+    yield_interval: float | None = None,
     queue_size: int = 32,
 ) -> gr.Blocks:
     """The Space. `registry` is a ModelRegistry or a weights file/folder (tests pass a fixture folder)."""
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry.from_path(registry)
-    concurrency = concurrency or default_concurrency(registry.device)
+    if server is None:
+        server = Server(registry, max_batch=max_batch)
+    if yield_interval is not None:
+        server.interval = yield_interval
+    # Batching: as many handlers at once as the batch has rows (the scheduler decodes them together);
+    # without it, one at a time on a small CPU (each generation already uses every core).
+    concurrency = server.max_batch if server.batching else 1
     run_opts = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=concurrency)
 
-    def stream(request: Request, with_probs: bool) -> Iterator[Progress]:
+    def run(args: tuple, with_probs: bool, n: object = 1) -> Iterator[Progress]:
+        """Check a request and stream it; every failure a client can cause becomes a readable gr.Error."""
         try:
-            yield from stream_generation(
-                registry, request, with_probs=with_probs, interval=yield_interval, step_source=step_source
-            )
-        except ValueError as exc:  # a step source may refuse a request too (e.g. a prompt over its limit)
-            raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
-        except BusyError as exc:  # the batching scheduler's slots and queue are full
-            raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
-
-    def checked(*args: object) -> Request:
-        try:
-            return make_request(registry, *args)
+            request, name = make_request(registry, *args, n=n)
+            yield from server.stream(request, name, with_probs=with_probs)
         except ValueError as exc:
             raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
+        except BusyError as exc:  # every batch slot and queue place is taken
+            raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
 
-    # --- API endpoints (parameters typed from these signatures; defaults are the sliders' defaults) ---
+    # --- API endpoints (parameters typed from these signatures; defaults are the UI's defaults) ---
 
-    @gpu
+    def api(doc: str, extra: str = "") -> Callable:
+        """Give an endpoint its docstring: `doc`, then the parameters all three share (Gradio shows these
+        in its API page and MCP tool descriptions)."""
+
+        def attach(fn: Callable) -> Callable:
+            fn.__doc__ = f"{doc}\n\nArgs:\n{API_ARGS}{extra}"
+            return gpu(fn)
+
+        return attach
+
+    @api("Stream GPT-2's continuation of a prompt; every update is the whole continuation so far.")
     def generate(
         prompt: str,
         max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
@@ -603,26 +147,15 @@ def build_demo(
         stop: list[str] | str | None = None,
         model: str = registry.default,
     ) -> Iterator[str]:
-        """Stream GPT-2's continuation of a prompt; every update is the whole continuation so far.
-
-        Args:
-            prompt: text to continue (at most 20,000 characters; empty starts from <|endoftext|>)
-            max_new_tokens: tokens to generate, 1 to 1024
-            temperature: 0 to 2; 0 is greedy (always the most likely token)
-            top_k: keep only the k most likely tokens, 0 to 200; 0 turns it off
-            top_p: nucleus sampling, 0.05 to 1; 1 turns it off
-            repetition_penalty: 1 (off) to 2; discourages tokens already in the text
-            seed: a whole number for reproducible text; empty or null picks one at random
-            stop: a stop string or a list of them; the text ends before the first one (not included)
-            model: one of the converted models (see the model selector)
-        """
-        request = checked(
-            prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model
-        )
-        for p in stream(request, with_probs=False):
+        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
+        for p in run(args, with_probs=False):
             yield p.text
 
-    @gpu
+    @api(
+        "Like /generate, but every update is a JSON object: the text so far, each generated token's "
+        "probability (sampled and raw), rank, entropy and top-5 alternatives, the prompt's per-token "
+        "probabilities and perplexity, and live stats (see README.md, 'Using the API')."
+    )
     def generate_with_probs(
         prompt: str,
         max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
@@ -634,70 +167,55 @@ def build_demo(
         stop: list[str] | str | None = None,
         model: str = registry.default,
     ) -> Iterator[dict]:
-        """Like /generate, but every update is a JSON object: the text so far, each generated token's
-        probability (sampled and raw), rank, entropy and top-5 alternatives, the prompt's per-token
-        probabilities and perplexity, and live stats (see README.md, "Using the API" for the fields).
+        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
+        for p in run(args, with_probs=True):
+            yield p.payload()
 
-        Args:
-            prompt: text to continue (at most 20,000 characters)
-            max_new_tokens: tokens to generate, 1 to 1024
-            temperature: 0 to 2; 0 is greedy
-            top_k: 0 (off) to 200
-            top_p: 0.05 to 1 (1 = off)
-            repetition_penalty: 1 (off) to 2
-            seed: a whole number, or empty/null for a random one (the seed used is in the result)
-            stop: a stop string or a list of them
-            model: one of the converted models
-        """
-        request = checked(
-            prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model
-        )
-        for p in stream(request, with_probs=True):
-            yield probs_payload(p)
+    @api(
+        "Stream n continuations of one prompt, decoded side by side; every update is the list of the n "
+        "continuations so far. Sample i uses seed + i: exactly what /generate gives with that seed.",
+        "    n: how many samples, 1 to 4\n",
+    )
+    def generate_samples(
+        prompt: str,
+        max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
+        temperature: float = DEFAULTS["temperature"],
+        top_k: int = int(DEFAULTS["top_k"]),
+        top_p: float = DEFAULTS["top_p"],
+        repetition_penalty: float = DEFAULTS["repetition_penalty"],
+        seed: int | str | None = None,
+        stop: list[str] | str | None = None,
+        model: str = registry.default,
+        n: int = 2,
+    ) -> Iterator[list[str]]:
+        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
+        for p in run(args, with_probs=False, n=n):
+            yield list(p.texts)
 
     # --- the UI handler: text, live line, coloured tokens and summary, all from one stream ---
 
     @gpu
-    def ui_generate(
-        prompt: str,
-        max_new_tokens: float,
-        temperature: float,
-        top_k: float,
-        top_p: float,
-        repetition_penalty: float,
-        seed_text: str,
-        stop_text: str,
-        model: str,
-    ) -> Iterator[tuple]:
-        request = checked(
-            prompt,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed_text,
-            parse_stop_text(stop_text),
-            model,
-        )
-        if not registry.is_loaded(request.model):
-            loading = f"⏳ loading model **{request.model}** on {registry.device}…"
-            yield prompt, loading, gr.skip(), gr.skip(), gr.skip()
+    def ui_generate(prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop_text, model):
+        stop = parse_stop_text(stop_text)
+        args = (prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop, model)
+        if isinstance(model, str) and model in registry.names and not registry.is_loaded(model):
+            yield (
+                prompt,
+                f"⏳ loading model **{model}** on {registry.device}…",
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )
         spans: list[str] = []
         prompt_part = ""
-        for p in stream(request, with_probs=True):
-            spans.extend(token_span(t) for t in p.tokens[len(spans) :])
+        for p in run(args, with_probs=True):
+            spans.extend(render.token_span(t) for t in p.tokens[0][len(spans) :])
             if p.prompt is not None and not prompt_part:
-                prompt_part = prompt_spans(p.prompt)
-            yield (
-                prompt + p.text,
-                status_line(p),
-                tokens_html(prompt_part, spans),
-                summary_html(p),
-                str(request.seed),
-            )
+                prompt_part = render.prompt_spans(p.prompt)
+            html = render.tokens_html(prompt_part, spans)
+            yield prompt + p.text, render.status_line(p), html, render.summary_html(p), str(p.request.seed)
 
-    with gr.Blocks(title="GPT-2, hand-built") as demo:
+    with Blocks(title="GPT-2, hand-built") as demo:
         gr.Markdown(
             "## GPT-2, hand-built\n"
             "OpenAI's GPT-2 written from scratch in PyTorch, streaming token by token. Each token is "
@@ -708,14 +226,8 @@ def build_demo(
                 registry.names, value=registry.default, label="Model", info="loaded on first use"
             )
             sliders = {}
-            for name, label, step, info in [
-                ("max_new_tokens", "Max new tokens", 1, None),
-                ("temperature", "Temperature", 0.05, "0 = greedy"),
-                ("top_k", "Top-k", 1, "0 = off"),
-                ("top_p", "Top-p", 0.05, "1 = off"),
-                ("repetition_penalty", "Repetition penalty", 0.05, "1 = off"),
-            ]:
-                lo, hi = LIMITS[name]
+            for name, label, step, info in SLIDERS:
+                lo, hi = SERVING.bounds(name)
                 sliders[name] = gr.Slider(
                     lo, hi, value=DEFAULTS[name], step=step, label=label, info=info, elem_id=name
                 )
@@ -728,7 +240,11 @@ def build_demo(
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 prompt_box = gr.Textbox(
-                    label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt", autofocus=True
+                    label="Prompt",
+                    lines=3,
+                    max_length=SERVING.max_prompt_chars,
+                    elem_id="prompt",
+                    autofocus=True,
                 )
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -741,63 +257,45 @@ def build_demo(
                 gr.Examples([[e] for e in EXAMPLES], inputs=[prompt_box], label="Try")
             with gr.Column(scale=2):
                 tokens_view = gr.HTML(
-                    tokens_html("", []),
+                    render.tokens_html("", []),
                     label="Inside the model",
-                    css_template=TOKENS_CSS,
+                    css_template=render.CSS,
                     elem_id="tokens",
-                    js_on_load=None,
                     container=True,
                     padding=True,
                 )
                 summary = gr.HTML(
-                    summary_html(Progress("", _blank_request(registry), registry.device, 0)),
-                    css_template=TOKENS_CSS,
-                    elem_id="summary",
-                    js_on_load=None,
-                    padding=True,
+                    render.summary_html(None), css_template=render.CSS, elem_id="summary", padding=True
                 )
 
         inputs = [prompt_box, *sliders.values(), seed_box, stop_box, model_box]
         outputs = [output, status, tokens_view, summary, seed_used]
-        run = go.click(
-            ui_generate,
-            inputs,
-            outputs,
-            api_visibility="private",  # programs use /generate and /generate_with_probs
-            show_progress="minimal",
-            **run_opts,
-        )
+        private = dict(api_visibility="private")  # programs use the named endpoints below
+        running = go.click(ui_generate, inputs, outputs, show_progress="minimal", **private, **run_opts)
         stop_btn.click(
             lambda s: s.replace("_generating…_", "_stopped_"),
             status,
             status,
-            cancels=[run],
-            api_visibility="private",
+            cancels=[running],
             queue=False,
+            **private,
         )
         clear.click(
-            lambda: ("", "", "Ready.", tokens_html("", []), ""),
+            lambda: ("", "", "Ready.", render.tokens_html("", []), ""),
             None,
             [prompt_box, output, status, tokens_view, seed_used],
-            cancels=[run],
-            api_visibility="private",
+            cancels=[running],
             queue=False,
+            **private,
         )
-        reuse.click(lambda s: s, seed_used, seed_box, api_visibility="private", queue=False)
+        reuse.click(lambda s: s, seed_used, seed_box, queue=False, **private)
         gr.api(generate, api_name="generate", **run_opts)
         gr.api(generate_with_probs, api_name="generate_with_probs", **run_opts)
+        gr.api(generate_samples, api_name="generate_samples", **run_opts)
 
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
-    demo.registry = registry  # for tests and main()
+    demo.registry, demo.serving = registry, server  # for tests and main()
     return demo
-
-
-def _blank_request(registry: ModelRegistry) -> Request:
-    return Request("", 1, 1.0, 0, 1.0, 1.0, 0, (), registry.default)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -808,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision",
         choices=PRECISIONS,
         default=os.environ.get("GPT2_PRECISION", "fp32"),
-        help="CPU weights: fp32 (exact), bf16 or int8 (faster, see README 'Speed'); env GPT2_PRECISION",
+        help="CPU weights: fp32 (exact), bf16 or int8 (fewer bytes per token, see README 'Speed')",
     )
     ap.add_argument(
         "--mcp",
@@ -819,15 +317,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def batching_step_source() -> tuple[StepSource, int | None]:
-    """The step source the Space serves with, and its concurrency: the batching scheduler, decoding up to
-    GPT2_MAX_BATCH (default 8) requests together (README.md, "Many users at once"), or plain
-    `generate_steps` when GPT2_MAX_BATCH is 0 or 1, or on ZeroGPU (its GPU exists only inside each
-    handler call, not in the scheduler's worker thread)."""
-    max_batch = int(os.environ.get("GPT2_MAX_BATCH", "8"))
-    if max_batch <= 1 or spaces is not None:
-        return generate_steps, None
-    return BatchedSteps(max_batch=max_batch, max_queue=max_batch), max_batch
+def max_batch_from_env() -> int:
+    """GPT2_MAX_BATCH (default 8): requests decoded together; 1 = one at a time. ZeroGPU: 1 (its GPU
+    exists only inside each handler call, not in the scheduler's worker thread)."""
+    value = os.environ.get("GPT2_MAX_BATCH", "8").strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"GPT2_MAX_BATCH must be a whole number >= 1, got {value!r}")
+    return 1 if spaces is not None else int(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -836,21 +332,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--mcp needs Gradio's MCP extra: pip install 'gradio[mcp]==6.31.0'")
     try:
         registry = ModelRegistry.from_path(args.weights, precision=args.precision)
+        max_batch = max_batch_from_env()
     except (NoWeightsError, ValueError, RuntimeError) as exc:
         sys.exit(str(exc))
     print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
-    registry.get(registry.default)  # warm the default model so the first visitor does not wait
-    if registry.device == "cpu":  # say which decode engine serves (the native one builds on first use)
-        why = native.unavailable_reason(registry.precision)
-        print(f"decode engine: {'native (gpt2/csrc/decode.c)' if why is None else f'PyTorch ({why})'}")
-    try:
-        step_source, concurrency = batching_step_source()
-    except ValueError:
-        sys.exit(f"GPT2_MAX_BATCH must be a whole number, got {os.environ.get('GPT2_MAX_BATCH')!r}")
-    try:
-        demo = build_demo(registry, step_source=step_source, concurrency=concurrency)
-    except ValueError as exc:  # e.g. a malformed GPT2_CONCURRENCY
-        sys.exit(str(exc))
+    # Load the default model now (the first visitor should not wait), and say which engine decodes it.
+    print(f"decode engine: {registry.engine_line()} · batch: {max_batch}", flush=True)
+    demo = build_demo(registry, max_batch=max_batch)
     # Spaces routes traffic to 0.0.0.0:7860; elsewhere Gradio's own defaults and env vars apply.
     server_name = None
     if os.environ.get("SPACE_ID") and not os.environ.get("GRADIO_SERVER_NAME"):

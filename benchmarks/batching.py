@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import GPT2, GPT2Config, generate_steps, load_tokenizer
+from gpt2 import GPT2, GPT2Config, generate_steps, load_tokenizer, prepare
 from gpt2.scheduler import BatchScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,8 @@ def bpe_dir(given: str | None) -> Path:
 
 def random_gpt2(config: GPT2Config, seed: int = 0) -> GPT2:
     torch.manual_seed(seed)
-    return GPT2(config).eval().requires_grad_(False)
+    model = GPT2(config).eval().requires_grad_(False)
+    return prepare(model)  # the native engine where it builds, as `gpt2.load_model` does
 
 
 def prompts(tokenizer, n: int, length: int) -> list[str]:
@@ -205,29 +206,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def model_step_ms(model: GPT2, rows: int, context: int, rounds: int) -> tuple[float, float]:
-    """Median ms of one decode step for one sequence (what `generate_steps` runs) and for `rows`
-    sequences at once (what the scheduler runs): the ceiling for the batched speed-up."""
-    scheduler = BatchScheduler(model, load_tokenizer(bpe_dir(None)), max_batch=rows)
-    runner = scheduler.runner
-    single = runner.new_cache(max_len=context + 1)
-    multi = runner.new_cache(batch_size=rows)
+    """Median ms of one decode step for one sequence and for `rows` sequences at once (both one
+    `GPT2.step` call): the ceiling for the batched speed-up."""
+    cache = model.new_cache(batch_size=rows)
     with torch.no_grad():
-        runner.prefill(torch.randint(0, 50000, (1, context)), single)
-        multi.k[:, :, :, :context] = single.k[:, :, :, :context]
-        multi.v[:, :, :, :context] = single.v[:, :, :, :context]
-        tokens = torch.full((rows,), 5)
-        positions = torch.full((rows,), context)
-        slots = torch.arange(rows)
+        prompt = torch.randint(0, 50000, (context,))
+        for slot in range(rows):
+            model.step(prompt, torch.arange(context), torch.full((context,), slot), cache)
         one, many = [], []
         for _ in range(max(5, 3 * rounds)):
-            start = time.perf_counter()
-            runner.decode_one(torch.tensor([5]), single)
-            one.append(time.perf_counter() - start)
-            single.length = context
-            start = time.perf_counter()
-            scheduler._decode_rows(tokens, positions, multi, slots)
-            many.append(time.perf_counter() - start)
-    scheduler.close()
+            for n, times in ((1, one), (rows, many)):
+                start = time.perf_counter()
+                model.step(torch.full((n,), 5), torch.full((n,), context), torch.arange(n), cache)
+                times.append(time.perf_counter() - start)
     return statistics.median(one) * 1000, statistics.median(many) * 1000
 
 

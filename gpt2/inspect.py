@@ -2,8 +2,11 @@
 
 For generated tokens everything comes from logits the generator already computed (`Step.logits`, the raw
 model, and `Step.processed`, the distribution actually sampled from), so inspecting costs a few
-reductions over the vocabulary per token and no extra model call. Scoring a prompt needs one forward over
-all its positions (`prompt_probs`).
+reductions over the vocabulary per token and no extra model call. A prompt is scored from the logits of
+the prefill that generation runs anyway (asked for at every position, `Sequence(score_prompt=True)`):
+token i + 1 given tokens 0..i exactly as the model sees them while generating, and the first token under
+the model's distribution after <|endoftext|> (how GPT-2 saw the start of every document), which is the
+same for every prompt and computed once per model.
 
 All results are plain dataclasses of ints, floats and strings, with `to_dict()` for JSON.
 """
@@ -11,13 +14,12 @@ All results are plain dataclasses of ints, floats and strings, with `to_dict()` 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .fast import FastGPT2
-from .generation import model_device
 from .model import GPT2
 from .tokenizer import Tokenizer
 
@@ -119,28 +121,86 @@ def token_probs(
 
 
 @torch.no_grad()
-def prompt_probs(model: GPT2 | FastGPT2, tokenizer: Tokenizer, ids: Sequence[int]) -> PromptProbs:
-    """Score prompt tokens `ids` with one forward pass over all positions (see `PromptProbs`)."""
+def score_positions(logits: torch.Tensor, targets: Sequence[int]) -> tuple[list[float], list[int]]:
+    """Log-probability and 1-based rank of `targets[i]` under `logits[i]` (`(T, V)`; T may be 0)."""
+    if not len(targets):
+        return [], []
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, torch.tensor(list(targets), device=logits.device)[:, None])  # (T, 1)
+    ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()
+    return chosen[:, 0].tolist(), ranks
+
+
+_START: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def start_logprobs(model: GPT2, eot_token: int) -> torch.Tensor:
+    """log P(first token | <|endoftext|>) `(V,)`: the same for every prompt, so computed once per model
+    (and again if its weights or precision change)."""
+    w = model.wte.weight
+    key = (w.data_ptr(), w._version, model.precision, eot_token)
+    cached = _START.get(model)
+    if cached is None or cached[0] != key:
+        logits = model(torch.tensor([[eot_token]], device=w.device))[0, 0]
+        cached = (key, torch.log_softmax(logits.float(), dim=-1))
+        _START[model] = cached
+    return cached[1]
+
+
+def build_prompt_probs(
+    tokenizer: Tokenizer,
+    ids: Sequence[int],
+    n_ctx: int,
+    scores: tuple[list[float], list[int]],
+    first: tuple[float, int] | None,
+) -> PromptProbs:
+    """A `PromptProbs` from `score_positions` over the window the model saw (its last `n_ctx` tokens) and
+    the first token's (logprob, rank) after <|endoftext|> (None when the window does not start the prompt)."""
+    ids = list(ids)
+    window = ids[-n_ctx:]
+    n_before = len(ids) - len(window)  # tokens before the window: no context left to score them
+    logprobs, ranks = list(scores[0]), list(scores[1])
+    scored_first = first is not None and n_before == 0
+    if scored_first:
+        logprobs.insert(0, first[0])
+        ranks.insert(0, first[1])
+    unscored = ids[: n_before + (0 if scored_first else 1)]
+    tokens = [PromptToken(t, token_text(tokenizer, t), None, None) for t in unscored]
+    scored_ids = ids[len(unscored) :]
+    tokens += [
+        PromptToken(t, token_text(tokenizer, t), math.exp(lp), r)
+        for t, lp, r in zip(scored_ids, logprobs, ranks, strict=True)
+    ]
+    if not logprobs:
+        return PromptProbs(tokens, None, None)
+    mean_logprob = sum(logprobs) / len(logprobs)
+    return PromptProbs(tokens, math.exp(-mean_logprob), mean_logprob)
+
+
+def first_token_score(model: GPT2, tokenizer: Tokenizer, token: int) -> tuple[float, int]:
+    logp = start_logprobs(model, tokenizer.eot_token)
+    return float(logp[token]), int((logp > logp[token]).sum()) + 1
+
+
+@torch.no_grad()
+def prompt_probs(model: GPT2, tokenizer: Tokenizer, ids: Sequence[int]) -> PromptProbs:
+    """Score prompt tokens `ids` (see the module docstring) with one forward pass over the window."""
     ids = list(ids)
     if not ids:
         return PromptProbs([], None, None)
     n_ctx = model.config.n_ctx
-    window = ([tokenizer.eot_token] + ids)[-n_ctx:]  # context fed to the model
-    n_unscored = len(ids) - (len(window) - 1)  # tokens before the window: no context left to score them
-    device = model_device(model)
-    logits = model(torch.tensor([window], device=device))[0].float()  # (T, V)
-    logp = torch.log_softmax(logits[:-1], dim=-1)  # position i predicts window[i + 1]
-    targets = torch.tensor(window[1:], device=device)
-    chosen = logp.gather(-1, targets[:, None])  # (T-1, 1)
-    ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()
-    chosen = chosen[:, 0].tolist()
-    tokens = [PromptToken(t, token_text(tokenizer, t), None, None) for t in ids[:n_unscored]]
-    tokens += [
-        PromptToken(t, token_text(tokenizer, t), math.exp(lp), r)
-        for t, lp, r in zip(window[1:], chosen, ranks, strict=True)
-    ]
-    mean_logprob = sum(chosen) / len(chosen)
-    return PromptProbs(tokens, math.exp(-mean_logprob), mean_logprob)
+    window = ids[-n_ctx:]
+    device = model.wte.weight.device
+    T = len(window)
+    logits = model.step(
+        torch.tensor(window, device=device),
+        torch.arange(T, device=device),
+        torch.zeros(T, dtype=torch.long, device=device),
+        model.new_cache(max_len=T),
+    )  # (T, V)
+    scores = score_positions(logits[:-1], window[1:])
+    return build_prompt_probs(tokenizer, ids, n_ctx, scores, first_token_score(model, tokenizer, ids[0]))
 
 
 def continuation_summary(tokens: Sequence[TokenProbs]) -> dict[str, float | None]:

@@ -203,6 +203,8 @@ class GPT2(nn.Module):
         # Tied: logits = h @ wte.T (OpenAI's checkpoints have no head variable). Untied only when a
         # checkpoint brings its own head.
         self.lm_head = None if config.tied_head else nn.Linear(config.n_embd, config.n_vocab, bias=False)
+        self.engine = None  # the native engine bound to these weights, when attached (gpt2/engine.py)
+        self.precision = "fp32"  # how the linear layers are stored (gpt2/precision.py)
         if self.wte.weight.device.type != "meta":
             # On the meta device (shape checks, loading with assign=True) there is nothing to
             # initialise, and torch's meta normal_ costs seconds on first use.
@@ -222,11 +224,21 @@ class GPT2(nn.Module):
     def head_weight(self) -> torch.Tensor:
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for hidden states `x` `(..., C)`: `x @ wte.T` (tied), or the model's own head module
+        (an untied checkpoint's, or the packed copy a bf16/int8 load makes of the tied one)."""
+        return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
+
     def set_attention_impl(self, impl: str) -> None:
         if impl not in ("sdpa", "math"):
             raise ValueError(f"attention impl must be 'sdpa' or 'math', got {impl!r}")
         for block in self.h:
             block.attn.impl = impl
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to(), .float(), .cuda() ... may replace the tensors the engine points at: it must be re-attached.
+        self.engine = None
+        return super()._apply(fn, recurse)
 
     def forward(
         self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
@@ -255,39 +267,147 @@ class GPT2(nn.Module):
             cache.length = start + T
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        x = self.ln_f(x)
-        return F.linear(x, self.head_weight)  # (B, T, n_vocab)
+        return self.head(self.ln_f(x))  # (B, T, n_vocab)
+
+    # ------------------------------------------------------------------ the row-wise step (inference)
+
+    @torch.no_grad()
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        logits_from: int = 0,
+    ) -> torch.Tensor:
+        """One forward pass for `n` tokens of any sequences held in a multi-slot `cache`.
+
+        Token i is `tokens[i]` at absolute position `positions[i]` of the sequence in cache slot
+        `slots[i]`; its keys/values are written there and it attends to that slot's positions
+        `0..positions[i]`. A prompt is one slot's consecutive positions; a batched decode step is one
+        token for each of several slots. Returns fp32 logits `(n - logits_from, n_vocab)` for tokens
+        `logits_from..n-1`. Prefill, decode and batched decode are all this call: the native engine runs
+        it when one is attached (`gpt2.engine`), this module's own layers otherwise.
+        """
+        n = check_step(self.config, tokens, positions, slots, cache, logits_from)
+        if self.engine is not None and self.engine.takes(n, slots):
+            return self.engine.step(tokens, positions, slots, cache, logits_from)
+        # Runs of one slot's consecutive positions go through the cached-prefix path (a prompt chunk); one
+        # token for each of several distinct slots through the masked rows path (a batched decode step).
+        runs = _runs(slots.tolist(), positions.tolist())
+        if len(runs) > 1 and all(b - a == 1 for a, b in runs) and len(set(slots.tolist())) == n:
+            x = self._rows(tokens, positions, slots, cache)  # (n, 1, C)
+            return self.head(self.ln_f(x[logits_from:, 0])).float()
+        out = []
+        for a, b in runs:
+            x = self._chunk(tokens[a:b], int(positions[a]), int(slots[a]), cache)  # (1, T, C)
+            lo = max(logits_from, a) - a
+            if lo < b - a:
+                out.append(self.head(self.ln_f(x[0, lo:])).float())
+        return torch.cat(out) if out else torch.empty(0, self.config.n_vocab, device=tokens.device)
+
+    def _chunk(self, tokens: torch.Tensor, start: int, slot: int, cache: KVCache) -> torch.Tensor:
+        T = tokens.shape[0]
+        pos = torch.arange(start, start + T, device=tokens.device)
+        x = (self.wte(tokens) + self.wpe(pos))[None]  # (1, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, cache.k[i, slot : slot + 1], cache.v[i, slot : slot + 1], start)
+        return x
+
+    def _rows(
+        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        S = int(positions.max()) + 1
+        mask = torch.arange(S, device=tokens.device)[None, :] <= positions[:, None]  # (n, S)
+        mask = mask[:, None, None, :]  # (n, 1, 1, S): each row sees its own filled prefix only
+        x = (self.wte(tokens) + self.wpe(positions))[:, None, :]  # (n, 1, C)
+        for i, block in enumerate(self.h):
+            x = block.forward_rows(x, cache.k[i], cache.v[i], slots, positions, mask)
+        return x
 
     def decode_rows(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, rows: torch.Tensor
     ) -> torch.Tensor:
-        """Batched one-token decode for independent sequences sharing one multi-slot cache.
-
-        `tokens`, `positions` and `rows` are `(B,)`: token b is at absolute position `positions[b]` of
-        the sequence held in cache slot `rows[b]`. Returns logits `(B, n_vocab)`. `cache.length` is not
-        used here: each slot's length is its row's position + 1, tracked by the caller (the scheduler).
-        """
-        if not (tokens.shape == positions.shape == rows.shape) or tokens.dim() != 1:
-            raise ValueError("tokens, positions and rows must be 1-D and of equal length")
-        if int(positions.max()) >= cache.max_len:
-            raise ValueError(f"position {int(positions.max())} is beyond the cache length {cache.max_len}")
-        S = int(positions.max()) + 1
-        mask = torch.arange(S, device=tokens.device)[None, :] <= positions[:, None]  # (B, S)
-        mask = mask[:, None, None, :]  # (B, 1, 1, S)
-        x = (self.wte(tokens) + self.wpe(positions))[:, None, :]  # (B, 1, C)
-        for i, block in enumerate(self.h):
-            x = block.forward_rows(x, cache.k[i], cache.v[i], rows, positions, mask)
-        x = self.ln_f(x)
-        return F.linear(x, self.head_weight)[:, 0, :]  # (B, n_vocab)
+        """Batched one-token decode for independent sequences sharing one multi-slot cache: `step` with
+        one token per slot. Logits `(B, n_vocab)`; `cache.length` is not used (the caller tracks it)."""
+        return self.step(tokens, positions, rows, cache)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        # fp32 keys/values for fp32 and packed (bf16/int8) models alike; half-precision models keep theirs.
         p = self.wte.weight
         return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
 
     def prefill(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run a whole prompt `(B, T)` into an empty (or partly filled) cache; logits of the last position."""
-        return self(idx, cache, last_only=True)[:, -1, :]  # (B, n_vocab)
+        """Run a prompt `(B, T)` into a cache after its `length` filled positions; logits of the last one."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if B != 1:
+            return self(idx, cache, last_only=True)[:, -1, :]  # (B, n_vocab)
+        start = cache.length
+        positions = torch.arange(start, start + T, device=idx.device)
+        slots = torch.zeros(T, dtype=torch.long, device=idx.device)
+        logits = self.step(idx[0], positions, slots, cache, logits_from=T - 1)
+        cache.length = start + T
+        return logits
 
-    def decode_one(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new token per row `(B,)` or `(B, 1)` after the cached prefix; its logits `(B, n_vocab)`."""
-        return self(token.view(-1, 1), cache, last_only=True)[:, -1, :]
+    def decode_one(self, token: torch.Tensor | int, cache: KVCache) -> torch.Tensor:
+        """One new token per row `(B,)` after the cached prefix; its logits `(B, n_vocab)`."""
+        device = self.wte.weight.device
+        tokens = torch.tensor([token], device=device) if isinstance(token, int) else token.reshape(-1)
+        B = tokens.shape[0]
+        if cache.batch_size != B:
+            raise ValueError(f"{B} tokens for a cache of batch size {cache.batch_size}")
+        start = cache.length
+        positions = torch.full((B,), start, dtype=torch.long, device=device)
+        logits = self.step(tokens, positions, torch.arange(B, device=device), cache)
+        cache.length = start + 1
+        return logits
+
+
+def _runs(slots: list[int], positions: list[int]) -> list[tuple[int, int]]:
+    """Maximal `[a, b)` ranges of tokens that are one slot's consecutive positions."""
+    runs, a = [], 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] or positions[i] != positions[i - 1] + 1:
+            runs.append((a, i))
+            a = i
+    return runs
+
+
+def check_step(
+    config: GPT2Config,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    cache: KVCache,
+    logits_from: int,
+) -> int:
+    """Validate `GPT2.step`'s arguments (before any of them reaches torch indexing or the C engine)."""
+    for name, t in (("tokens", tokens), ("positions", positions), ("slots", slots)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be a 1-D integer tensor")
+    n = tokens.shape[0]
+    if n == 0 or positions.shape[0] != n or slots.shape[0] != n:
+        raise ValueError(
+            f"tokens, positions and slots must have the same length >= 1, got {n}, "
+            f"{positions.shape[0]}, {slots.shape[0]}"
+        )
+    if not isinstance(logits_from, int) or not 0 <= logits_from <= n:
+        raise ValueError(f"logits_from must be in 0..{n}, got {logits_from!r}")
+    if cache.k.shape[0] != config.n_layer or cache.k.shape[2] != config.n_head:
+        raise ValueError("the cache was made for another model")
+    checks = (
+        (tokens, config.n_vocab, "token id"),
+        (positions, cache.max_len, "position"),
+        (slots, cache.batch_size, "cache slot"),
+    )
+    for t, limit, what in checks:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0:
+            raise ValueError(f"{what} {lo} is negative")
+        if hi >= limit:
+            if what == "position":
+                raise ValueError(f"tokens up to position {hi} do not fit the cache of {limit} positions")
+            raise ValueError(f"{what} {hi} is out of range (must be below {limit})")
+    return n

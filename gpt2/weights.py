@@ -23,7 +23,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import GPT2Config
+from .engine import attach, warn_without_engine
 from .model import GPT2
+from .precision import check_precision, quantize
 
 FORMAT = "gpt2-handbuilt"
 FORMAT_VERSION = "1"
@@ -51,6 +53,8 @@ def save_model(
     source: str = "",
 ) -> Path:
     """Write `model` to `path` atomically (a temporary file renamed into place only when complete)."""
+    if model.precision != "fp32":
+        raise ValueError(f"this model is packed as {model.precision} for serving; save the fp32 model")
     path = Path(path)
     tensors = {}
     for key, value in model.state_dict().items():
@@ -108,8 +112,19 @@ def load_model(
     path: str | os.PathLike[str],
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    *,
+    precision: str = "fp32",
+    engine: bool | None = None,
 ) -> GPT2:
-    """Load a weights file written by `save_model` (or the converter) into a ready, eval-mode GPT2."""
+    """Load a weights file written by `save_model` (or the converter) into a ready, eval-mode GPT2.
+
+    `precision` ("fp32", "bf16", "int8") is how the linear layers are stored (`gpt2.precision`);
+    `engine` binds the native decode engine (`gpt2.engine`): None = where it runs, True = insist (an
+    error says why not), False = PyTorch only. A bf16/int8 model without the engine warns once.
+    """
+    check_precision(precision)
+    if precision != "fp32" and dtype != torch.float32:
+        raise ValueError("precision bf16/int8 packs an fp32 load; leave dtype as torch.float32")
     path = Path(path)
     meta = read_metadata(path)
     config: GPT2Config = meta["config"]
@@ -138,7 +153,19 @@ def load_model(
         model = GPT2(config)
     model.load_state_dict(tensors, strict=True, assign=True)
     model.name = meta.get("name") or path.stem  # type: ignore[assignment]
-    return model.eval().requires_grad_(False)
+    return prepare(model.eval().requires_grad_(False), precision, engine)
+
+
+def prepare(model: GPT2, precision: str = "fp32", engine: bool | None = None) -> GPT2:
+    """Make `model` ready to serve in `precision` (in place): pack its linear layers, bind the engine."""
+    quantize(model, precision)
+    if engine is False:
+        model.engine = None
+        return model
+    reason = attach(model, required=bool(engine))
+    if reason is not None:
+        warn_without_engine(model, reason)
+    return model
 
 
 def list_models(directory: str | os.PathLike[str]) -> dict[str, Path]:

@@ -19,34 +19,32 @@ from gradio_client.exceptions import AppError
 import app
 from gpt2 import generate, generate_steps
 from gpt2.inspect import prompt_probs, token_probs
+from gpt2.serving import ModelRegistry, make_request, parse_stop_text
+from ui import render
 
 PROMPT = "Every effort moves you"
 
 
 class StepRecorder:
-    """The app's step source, recording when each token is produced on the server and whether grad mode
-    was on while producing it. It wraps `gpt2.generate_steps` around the real model; nothing is mocked."""
+    """Wraps the served model's `step` (every forward pass the server runs goes through it), recording
+    when each ran and whether grad mode was on. The real model runs; nothing is mocked."""
 
-    def __init__(self) -> None:
+    def __init__(self, model) -> None:
         self.calls: list[tuple[float, bool]] = []
+        self._step = model.step
+        model.step = self
 
     def __call__(self, *args, **kwargs):
-        steps = generate_steps(*args, **kwargs)  # arguments are checked here, before the first step
-
-        def recorded():
-            for step in steps:
-                self.calls.append((time.monotonic(), torch.is_grad_enabled()))
-                yield step
-
-        return recorded()
+        self.calls.append((time.monotonic(), torch.is_grad_enabled()))
+        return self._step(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bpe_dir):
-    registry = app.ModelRegistry.from_path(shared_weights_dir(tmp_path_factory, bpe_dir))
-    recorder = StepRecorder()
+    registry = ModelRegistry.from_path(shared_weights_dir(tmp_path_factory, bpe_dir))
+    recorder = StepRecorder(registry.get(MODEL_NAME))
     # An update per token (yield_interval 0), so the stream is observable with a fast model.
-    demo = app.build_demo(registry, yield_interval=0.0, step_source=recorder)
+    demo = app.build_demo(registry, yield_interval=0.0)
     with serve(demo) as url:
         yield SimpleNamespace(
             url=url, demo=demo, registry=registry, recorder=recorder, client=Client(url, verbose=False)
@@ -55,14 +53,10 @@ def server(tmp_path_factory, bpe_dir):
 
 @pytest.fixture
 def model_calls(server):
-    """(time, grad mode on?) for every token the server produces and every direct forward of the model."""
+    """(time, grad mode on?) for every forward pass the server runs."""
     calls = server.recorder.calls
     calls.clear()
-    handle = server.registry.get(MODEL_NAME).register_forward_pre_hook(
-        lambda module, args: calls.append((time.monotonic(), torch.is_grad_enabled()))
-    )
     yield calls
-    handle.remove()
 
 
 def library_text(server, prompt=PROMPT, **kwargs) -> str:
@@ -88,7 +82,7 @@ def test_generate_streams_and_equals_library(server):
 
 def test_defaults_and_named_parameters(server):
     info = server.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(info) == {"/generate", "/generate_with_probs"}  # UI events are private
+    assert set(info) == {"/generate", "/generate_with_probs", "/generate_samples"}  # UI events are private
     params = info["/generate"]["parameters"]
     names = [p["parameter_name"] for p in params]
     assert names == [
@@ -243,35 +237,40 @@ def test_grad_mode_is_off_in_every_step(server, model_calls):
 
     call()
     assert done.is_set() and len(result["out"]["tokens"]) >= 1
-    assert len(model_calls) >= 25  # 24 tokens + the prompt scoring forward
+    assert len(model_calls) >= 24  # the prefill (which also scores the prompt) + 23 decode steps
     assert not any(grad for _, grad in model_calls)
 
 
 def test_events_that_run_the_model_share_one_bounded_queue(server):
     model_fns = [
-        f for f in server.demo.fns.values() if f.name in ("generate", "generate_with_probs", "ui_generate")
+        f
+        for f in server.demo.fns.values()
+        if f.name in ("generate", "generate_with_probs", "generate_samples", "ui_generate")
     ]
-    assert len(model_fns) == 3
+    assert len(model_fns) == 4
     assert {f.concurrency_id for f in model_fns} == {app.CONCURRENCY_ID}
     assert len({f.concurrency_limit for f in model_fns}) == 1
     assert server.demo._queue.max_size == 32
 
 
 def test_stream_generation_batches_updates(server):
-    registry = server.registry
-    request = app.make_request(registry, PROMPT, max_new_tokens=20, temperature=0, seed=1)
+    request, name = make_request(server.registry, PROMPT, max_new_tokens=20, temperature=0, seed=1)
     want = library_text(server, max_new_tokens=20, temperature=0)
-    every = [p.text for p in app.stream_generation(registry, request, interval=0.0)]
+    every = [p.text for p in server.demo.serving.stream(request, name)]
     assert len(every) == 21 and every[-1] == want  # one update per token, then the final one
     # A huge interval: the first token (for time to first token) and the final, complete text only.
-    sparse = list(app.stream_generation(registry, request, interval=1e9))
+    sparse_server = app.Server(server.registry, max_batch=server.demo.serving.max_batch, interval=1e9)
+    try:
+        sparse = list(sparse_server.stream(request, name))
+    finally:
+        sparse_server.close()
     assert len(sparse) == 2 and sparse[-1].done and sparse[-1].text == want and sparse[-1].n_new == 20
     assert sparse[-1].ttft is not None and sparse[-1].tokens_per_second > 0
 
 
 def test_parse_stop_text():
-    assert app.parse_stop_text(r"\n\n, THE END ,") == ["\n\n", "THE END"]
-    assert app.parse_stop_text("") == [] and app.parse_stop_text(None) == []
+    assert parse_stop_text(r"\n\n, THE END ,") == ["\n\n", "THE END"]
+    assert parse_stop_text("") == [] and parse_stop_text(None) == []
 
 
 def test_no_weights_stops_with_the_convert_command(tmp_path, capsys):
@@ -284,29 +283,21 @@ def test_rendering_is_escaped_and_coloured():
     from gpt2.inspect import Alternative, TokenProbs
 
     t = TokenProbs(1, "<i>&", 0.5, 0.25, math.log(0.25), 2, 3.0, [Alternative(2, "\n", 0.5, 0.5)])
-    span = app.token_span(t)
+    span = render.token_span(t)
     assert "<i>" not in span and "&lt;i&gt;&amp;" in span and "hsla(" in span
-    assert app.prob_color(1.0) != app.prob_color(1e-5)
+    assert render.prob_color(1.0) != render.prob_color(1e-5)
 
 
-def test_stopping_a_stream_closes_its_step_source(server):
-    """A shared scheduler frees a request's slot when its step stream is closed: stopping must close it."""
-    closed = []
-
-    def source(*args, **kwargs):
-        steps = generate_steps(*args, **kwargs)
-
-        def tracked():
-            try:
-                yield from steps
-            finally:
-                closed.append(True)
-
-        return tracked()
-
-    request = app.make_request(server.registry, PROMPT, max_new_tokens=50, seed=1)
-    stream = app.stream_generation(server.registry, request, interval=0.0, step_source=source)
+def test_stopping_a_stream_frees_its_scheduler_slot(server):
+    """A shared scheduler frees a request's slot when its stream is closed: stopping must close it."""
+    served = server.demo.serving
+    request, name = make_request(server.registry, PROMPT, max_new_tokens=500, seed=1)
+    stream = served.stream(request, name)
     assert next(stream).n_new == 1 and next(stream).n_new == 2
-    assert not closed
+    scheduler = served.scheduler(name)
+    assert scheduler.stats()["active"] == 1
     stream.close()  # what dropping a cancelled generator does
-    assert closed == [True]
+    deadline = time.monotonic() + 30
+    while not scheduler.idle:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

@@ -108,10 +108,11 @@ def test_prompt_perplexity_equals_exp_mean_nll(pair, tokenizer):
     text = "The quick brown fox jumps over the lazy dog. It was not amused, and said so at length."
     ids = tokenizer.encode(text)
     got = prompt_probs(ours, tokenizer, ids)
-    # Independently: Hugging Face's logits after <|endoftext|>, cross-entropy by torch.
-    idx = torch.tensor([[tokenizer.eot_token] + ids])
-    logits = hf_logits(hf, idx)[0, :-1].double()
-    nll = torch.nn.functional.cross_entropy(logits, idx[0, 1:], reduction="none")
+    # Independently, by Hugging Face and torch's cross-entropy: the first token after <|endoftext|> alone,
+    # every later one given the prompt as generation sees it (no <|endoftext|> in front).
+    first = hf_logits(hf, torch.tensor([[tokenizer.eot_token]]))[0, -1:].double()
+    rest = hf_logits(hf, torch.tensor([ids]))[0, :-1].double()
+    nll = torch.nn.functional.cross_entropy(torch.cat([first, rest]), torch.tensor(ids), reduction="none")
     assert [t.token for t in got.tokens] == ids
     assert got.perplexity == pytest.approx(math.exp(nll.mean().item()), rel=1e-4)
     assert got.mean_logprob == pytest.approx(-nll.mean().item(), abs=1e-4)

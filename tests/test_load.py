@@ -10,9 +10,9 @@ import pytest
 import requests
 from app_server import make_weights_dir, serve
 
-from app import ModelRegistry, build_demo
+from app import build_demo
 from benchmarks.loadtest import attach_references, make_jobs, run_clients, summarize
-from gpt2.scheduler import BatchedSteps
+from gpt2.serving import ModelRegistry, Server
 
 pytestmark = pytest.mark.slow
 MAX_BATCH = 8
@@ -22,12 +22,12 @@ MAX_BATCH = 8
 def loaded_app(tmp_path_factory, bpe_dir):
     weights = make_weights_dir(tmp_path_factory.mktemp("load") / "weights", bpe_dir)
     registry = ModelRegistry.from_path(weights)
-    source = BatchedSteps(max_batch=MAX_BATCH, max_queue=16)
-    demo = build_demo(registry, step_source=source, concurrency=MAX_BATCH, queue_size=64)
+    server = Server(registry, max_batch=MAX_BATCH, max_queue=16)
+    demo = build_demo(registry, server=server, queue_size=64)
     with serve(demo) as url:
         model = registry.get(registry.default)
-        yield url, source.scheduler_for(model, registry.tokenizer), model, registry.tokenizer
-    source.close()
+        yield url, server.scheduler(registry.default), model, registry.tokenizer
+    server.close()
 
 
 def wait_until(predicate, timeout=30.0):
@@ -102,28 +102,29 @@ def test_full_scheduler_answers_busy_through_the_api(tmp_path, bpe_dir):
     from gradio_client import Client
 
     registry = ModelRegistry.from_path(make_weights_dir(tmp_path / "weights", bpe_dir))
-    source = BatchedSteps(max_batch=1, max_queue=0)
-    # Gradio lets two requests in at once; the scheduler has room for one: the second is refused.
-    demo = build_demo(registry, step_source=source, concurrency=2)
+    server = Server(registry, max_batch=2, max_queue=0)
+    # Gradio lets two requests in at once; the scheduler has two slots: a request of two samples
+    # takes both, and the next one is refused.
+    demo = build_demo(registry, server=server)
     try:
         with serve(demo) as url:
             client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
-            first = client.submit("Busy", max_new_tokens=1024, seed=1, api_name="/generate")
+            first = client.submit("Busy", max_new_tokens=1024, seed=1, n=2, api_name="/generate_samples")
             assert wait_until(lambda: any(first.outputs()) or first.done())
             with pytest.raises(Exception, match="busy"):
                 client.predict("Refused", max_new_tokens=4, seed=2, api_name="/generate")
             first.cancel()
     finally:
-        source.close()
+        server.close()
 
 
 def test_the_app_serves_through_the_scheduler_by_default(monkeypatch):
     import app
-    from gpt2 import generate_steps
 
     monkeypatch.delenv("GPT2_MAX_BATCH", raising=False)
-    source, concurrency = app.batching_step_source()
-    assert isinstance(source, BatchedSteps) and concurrency == 8
-    source.close()
+    assert app.max_batch_from_env() == 8
     monkeypatch.setenv("GPT2_MAX_BATCH", "1")
-    assert app.batching_step_source() == (generate_steps, None)
+    assert app.max_batch_from_env() == 1
+    monkeypatch.setenv("GPT2_MAX_BATCH", "eight")
+    with pytest.raises(ValueError, match="GPT2_MAX_BATCH"):
+        app.max_batch_from_env()

@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 import torch
-from conftest import TINY, random_model
+from conftest import TINY
 
-from gpt2 import generate_steps
-from gpt2.scheduler import BatchedSteps, BatchScheduler, BusyError
+from gpt2 import Limits, Request, generate_steps
+from gpt2.scheduler import BatchScheduler, BusyError, generate_samples
 
 WAIT = 30.0  # generous upper bound for anything that should happen "soon"; never a speed assertion
 
@@ -219,12 +219,11 @@ def test_full_scheduler_says_busy_then_recovers(tiny_model, tokenizer):
 
 
 def test_bad_requests_fail_before_queueing(tiny_model, tokenizer):
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_new_tokens=100, max_prompt_tokens=50)
+    limits = Limits(max_new_tokens=(1, 100), max_prompt_chars=5000)
+    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=2, limits=limits)
     try:
         with pytest.raises(ValueError, match="max_new_tokens"):
             scheduler.stream("x", max_new_tokens=101)
-        with pytest.raises(ValueError, match="tokens long"):
-            scheduler.stream("word " * 60)
         with pytest.raises(ValueError, match="too long"):
             scheduler.stream("x" * 100_000)
         with pytest.raises(ValueError, match="temperature"):
@@ -233,7 +232,46 @@ def test_bad_requests_fail_before_queueing(tiny_model, tokenizer):
             scheduler.stream("x", seed="abc")
         with pytest.raises(ValueError, match="prompt"):
             scheduler.stream(None)
+        with pytest.raises(ValueError, match="n must be between 1 and 4"):
+            scheduler.stream("x", n=5)
+        with pytest.raises(ValueError, match="n must be at most 2"):
+            scheduler.stream("x", n=3)  # more samples than the batch has rows
         assert scheduler.stats()["waiting"] == 0 and scheduler.idle
+    finally:
+        scheduler.close()
+
+
+def test_long_prompt_keeps_its_last_tokens_as_generate_does(tiny_model, tokenizer, scheduler):
+    prompt = "word " * 400  # > TINY's 128-token context
+    kw = dict(max_new_tokens=5, seed=2, top_k=40)
+    assert tokens_of(scheduler.stream(prompt, **kw)) == alone(tiny_model, tokenizer, prompt, **kw)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_samples_equal_single_requests_with_seed_plus_i(tiny_model, tokenizer, scheduler, n):
+    kw = dict(max_new_tokens=12, temperature=1.0, top_k=40, top_p=0.9, repetition_penalty=1.1)
+    steps = list(scheduler.submit(Request.create("Once upon a time", n=n, seed=70, **kw)))
+    assert scheduler.stats()["active"] == 0
+    for i in range(n):
+        got = tokens_of(s for s in steps if s.sample == i)
+        assert got == alone(tiny_model, tokenizer, "Once upon a time", seed=70 + i, **kw), i
+    texts = ["".join(s.text for s in steps if s.sample == i) for i in range(n)]
+    assert len(set(texts)) > 1  # different seeds really gave different samples
+    assert generate_samples(tiny_model, tokenizer, "Once upon a time", n=n, seed=70, **kw) == texts
+
+
+def test_samples_take_a_slot_each_and_stop_together(tiny_model, tokenizer):
+    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=4, max_queue=0)
+    try:
+        stream = scheduler.stream("x", n=3, max_new_tokens=1000, seed=1)
+        next(stream)
+        with pytest.raises(BusyError):
+            scheduler.stream("y", n=2)  # 3 + 2 sequences > 4 slots, no queue
+        other = scheduler.stream("y", n=1, max_new_tokens=3, seed=1)  # the fourth slot
+        stream.close()  # Stop ends all three samples at once
+        assert wait_until(lambda: scheduler.stats()["active"] <= 1)
+        assert tokens_of(other)[-1][2] == "length"
+        assert wait_until(lambda: scheduler.idle)
     finally:
         scheduler.close()
 
@@ -242,9 +280,9 @@ def test_slow_reader_is_paused_not_buffered(tiny_model, tokenizer):
     scheduler = BatchScheduler(tiny_model, tokenizer, max_unread=4)
     try:
         stream = scheduler.stream("Slow reader", max_new_tokens=60, seed=5)
-        assert wait_until(lambda: stream._request.out.qsize() >= 4)
+        assert wait_until(lambda: stream._job.out.qsize() >= 4)
         time.sleep(0.3)
-        assert stream._request.out.qsize() <= 5  # at most max_unread steps (+ the final one) wait
+        assert stream._job.out.qsize() <= 5  # at most max_unread steps (+ the final one) wait
         assert tokens_of(stream) == alone(tiny_model, tokenizer, "Slow reader", max_new_tokens=60, seed=5)
     finally:
         scheduler.close()
@@ -260,18 +298,6 @@ def test_closing_the_scheduler_fails_open_requests(tiny_model, tokenizer):
             pass
     with pytest.raises(RuntimeError, match="closed"):
         scheduler.stream("x")
-
-
-def test_batched_steps_is_a_drop_in_for_generate_steps(tokenizer):
-    a, b, c = (random_model(TINY, seed=s) for s in (11, 12, 13))
-    source = BatchedSteps(max_models=2, max_batch=2)
-    try:
-        for model in (a, b, c, a):
-            got = tokens_of(source(model, tokenizer, "Hi", max_new_tokens=4, seed=3))
-            assert got == alone(model, tokenizer, "Hi", max_new_tokens=4, seed=3)
-        assert len(source._schedulers) == 2  # the least recently used idle scheduler was closed
-    finally:
-        source.close()
 
 
 def test_memory_stays_flat_over_200_sequential_requests(tiny_model, tokenizer, scheduler):
@@ -292,16 +318,16 @@ def test_memory_stays_flat_over_200_sequential_requests(tiny_model, tokenizer, s
 
 
 def test_a_failing_step_fails_its_request_and_the_scheduler_goes_on(tiny_model, tokenizer, scheduler):
-    real = scheduler._decode_alone
+    real = scheduler._forward
 
-    def broken(request):  # a fault injected into the worker (e.g. out of memory mid-step)
+    def broken(*args):  # a fault injected into the worker (e.g. out of memory mid-step)
         raise RuntimeError("boom")
 
-    scheduler._decode_alone = broken
+    scheduler._forward = broken
     stream = scheduler.stream("x", max_new_tokens=5, seed=1)
     with pytest.raises(RuntimeError, match="generation failed: boom"):
         list(stream)
-    scheduler._decode_alone = real
+    scheduler._forward = real
     assert wait_until(lambda: scheduler.idle)
     assert tokens_of(scheduler.stream("y", max_new_tokens=5, seed=1)) == alone(
         tiny_model, tokenizer, "y", max_new_tokens=5, seed=1

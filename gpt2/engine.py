@@ -1,0 +1,127 @@
+"""The native decode engine bound to a `GPT2`: `attach(model)` makes `model.step` run in C.
+
+The engine (`gpt2/native.py`, `gpt2/csrc/decode.c`) reads the model's own tensors through pointers —
+the fp32 `nn.Linear` weights, or the bf16/int8 storage `gpt2.precision.quantize` put in their place —
+so nothing is copied and the model stays the one specification. `GPT2.step` hands a call to the engine
+when `Engine.takes` it: every batched decode step (one token for each of several rows) and prompts of up
+to `PROMPT_MAX[precision]` tokens; longer prompts are compute-bound, where PyTorch's GEMMs win.
+`attach` is explicit (`gpt2.load_model` does it by default); moving the model (`.to(...)`) detaches it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import native
+from .model import GPT2, KVCache
+
+# Prompts up to this many tokens run in the engine (its kernels read each weight once for all rows);
+# longer ones through torch's GEMMs, which win once the matmuls are compute-bound. Crossovers measured on
+# 124M shapes, 2 threads (prefill ms engine/torch): fp32 32 tokens 50/51, 64: 89/77; bf16 20: 24/26,
+# 32: 36/32; int8 64: 47/60, 128: 94/98.
+PROMPT_MAX = {"fp32": 32, "bf16": 24, "int8": 128}
+HEAD_DIMS = (16, 32, 48, 64)
+
+
+class Engine:
+    """A `native.NativeModel` over one `GPT2`'s tensors (see the module docstring)."""
+
+    def __init__(self, model: GPT2) -> None:
+        reason = unsupported_reason(model)
+        if reason:
+            raise RuntimeError(f"the native decode engine cannot run this model: {reason}")
+        self.precision = model.precision
+        self.prompt_max = PROMPT_MAX[self.precision]
+
+        def linear(module: torch.nn.Module) -> tuple:
+            scale = getattr(module, "scale", None)
+            bias = None if module.bias is None else module.bias.detach().float().contiguous()
+            return (module.weight.detach().contiguous(), scale, bias)
+
+        def norm(ln: torch.nn.Module) -> tuple:
+            return (ln.weight.detach().float().contiguous(), ln.bias.detach().float().contiguous())
+
+        layers = [
+            dict(
+                attn=linear(b.attn.c_attn),
+                proj=linear(b.attn.c_proj),
+                fc=linear(b.mlp.c_fc),
+                mlp=linear(b.mlp.c_proj),
+                ln_1=norm(b.ln_1),
+                ln_2=norm(b.ln_2),
+            )
+            for b in model.h
+        ]
+        head = (model.wte.weight.detach(), None, None) if model.lm_head is None else linear(model.lm_head)
+        self.native = native.NativeModel(
+            self.precision,
+            model.config,
+            model.wte.weight.detach(),
+            model.wpe.weight.detach(),
+            layers,
+            norm(model.ln_f),
+            head,
+        )
+
+    def takes(self, n: int, slots: torch.Tensor) -> bool:
+        """Whether the engine should run a step of `n` tokens: a prompt up to `prompt_max`, or one token
+        per slot (a decode step, batched or not)."""
+        return n <= self.prompt_max or len(set(slots.tolist())) == n
+
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        logits_from: int,
+    ) -> torch.Tensor:
+        return self.native.forward(tokens, positions, slots, cache.k, cache.v, logits_from=logits_from)
+
+
+def unsupported_reason(model: GPT2) -> str | None:
+    """Why the engine cannot run `model` on this machine (None when it can)."""
+    c = model.config
+    if model.wte.weight.device.type != "cpu":
+        return f"the model is on {model.wte.weight.device}, the engine runs on the CPU"
+    if model.wte.weight.dtype != torch.float32:
+        return f"the model computes in {model.wte.weight.dtype}; the engine takes fp32, bf16 or int8 weights"
+    if c.head_dim not in HEAD_DIMS or c.n_embd % 64:
+        return (
+            f"head size {c.head_dim} / width {c.n_embd} (needs a head size in {HEAD_DIMS}, width % 64 == 0)"
+        )
+    return native.unavailable_reason(model.precision)
+
+
+def attach(model: GPT2, required: bool = False) -> str | None:
+    """Bind the engine to `model` (in place). Returns None when attached, else the reason it is not
+    (a RuntimeError instead when `required`)."""
+    reason = unsupported_reason(model)
+    if reason is None:
+        model.engine = Engine(model)
+        return None
+    model.engine = None
+    if required:
+        raise RuntimeError(f"the native decode engine cannot run this model: {reason}")
+    return reason
+
+
+def describe(model: GPT2) -> str:
+    """One line for logs: which path decodes this model, and why when it is not the engine."""
+    if model.engine is not None:
+        return f"native engine (gpt2/csrc/decode.c), {model.precision}"
+    reason = unsupported_reason(model) or "not attached"
+    return f"PyTorch, {model.precision} ({reason})"
+
+
+def warn_without_engine(model: GPT2, reason: str) -> None:
+    """bf16/int8 exist to be fast; on PyTorch's path they are not (weights are widened per call). Say so."""
+    if model.precision != "fp32":
+        warnings.warn(
+            f"precision {model.precision!r} runs on PyTorch's path here ({reason}): correct, but slower than "
+            "fp32; the native engine is what makes it fast",
+            RuntimeWarning,
+            stacklevel=3,
+        )

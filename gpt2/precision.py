@@ -1,0 +1,125 @@
+"""Precision as a property of how weights are loaded: the same `GPT2`, its linear layers swapped.
+
+Batch-1 decoding reads every weight once per token, so fewer bytes per weight mean more tokens per second.
+`quantize(model, "bf16" | "int8")` replaces each block's four linear layers (and the head) with modules
+that store their weight in fewer bytes, in place, in the row-major `[out, in]` layout the native engine
+(`gpt2/csrc/decode.c`) reads directly, so one copy of the weights serves both the engine and PyTorch:
+
+- "fp32": `nn.Linear` as loaded (exact);
+- "bf16": bfloat16 weights (half the bytes; the activations stay fp32);
+- "int8": int8 weights with one fp32 scale per output row (symmetric, absmax / 127; a quarter of the bytes).
+
+The embeddings, LayerNorms, residual stream and KV cache stay fp32 in every mode. On PyTorch's path
+(prompts too long for the engine's kernels, or no engine) these modules widen their weight to fp32 per
+call and use fp32 GEMMs: on CPUs without native bf16 that is faster than bf16 arithmetic, and the
+results match what the engine computes up to the engine's activation rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import GPT2
+
+PRECISIONS = ("fp32", "bf16", "int8")
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+def check_precision(precision: object) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
+class Bf16Linear(nn.Module):
+    """`y = x W^T + b` with W stored as bfloat16 (b stays fp32)."""
+
+    precision = "bf16"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self.scale = None
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.dequantized(), self.bias)
+
+
+class Int8Linear(nn.Module):
+    """`y = (x W_q^T) * scale + b` with W_q int8 and one fp32 scale per output row (b stays fp32)."""
+
+    precision = "int8"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
+        codes = torch.round(w / scale[:, None]).clamp(-127, 127)
+        self.register_buffer("weight", codes.to(torch.int8).contiguous())
+        self.register_buffer("scale", scale.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.dequantized(), self.bias)
+
+
+_PACKED = {"bf16": Bf16Linear, "int8": Int8Linear}
+
+
+def quantize(model: GPT2, precision: str) -> GPT2:
+    """Store `model`'s linear layers (and head) in `precision`, in place; returns the model.
+
+    The fp32 weights of the swapped layers are released (only the new storage is kept). A tied head gets
+    its own packed copy of `wte` (the fp32 table stays for the embedding lookup). Quantizing is one-way:
+    load the file again for another precision.
+    """
+    check_precision(precision)
+    if precision == model.precision:
+        return model
+    if model.precision != "fp32":
+        raise ValueError(f"this model is already stored as {model.precision}; load it again for {precision}")
+    if not model.wte.weight.is_floating_point() or model.wte.weight.dtype != torch.float32:
+        raise ValueError(f"bf16/int8 packing starts from an fp32 model, got {model.wte.weight.dtype}")
+    packed = _PACKED[precision]
+    model.engine = None  # it points at the weights being replaced
+    with torch.no_grad():
+        for block in model.h:
+            for parent, name in (
+                (block.attn, "c_attn"),
+                (block.attn, "c_proj"),
+                (block.mlp, "c_fc"),
+                (block.mlp, "c_proj"),
+            ):
+                linear = getattr(parent, name)
+                setattr(parent, name, packed(linear.weight, linear.bias))
+        model.lm_head = packed(model.head_weight, None)
+    model.precision = precision
+    return model
+
+
+def weight_bytes_per_token(model: GPT2) -> int:
+    """Bytes of weights one decode step reads: every matmul weight (head included) with its bias and
+    scales, the LayerNorms, and one row each of `wte` and `wpe`. The KV cache comes on top."""
+    c = model.config
+    n = 0
+    for block in model.h:
+        for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            n += _nbytes(lin)
+    n += c.n_vocab * c.n_embd * 4 if model.lm_head is None else _nbytes(model.lm_head)
+    n += (2 * c.n_layer + 1) * 2 * c.n_embd * 4  # LayerNorm gains and biases (fp32)
+    return n + 2 * c.n_embd * 4
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))

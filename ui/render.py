@@ -1,0 +1,136 @@
+"""HTML for the app's live views: the status line, tokens coloured by probability with their details,
+and the summary. Pure functions of a `gpt2.serving.Progress`, so they are easy to test."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from gpt2.inspect import PromptProbs, TokenProbs, continuation_summary
+from gpt2.serving import Progress
+
+CSS = (Path(__file__).with_name("style.css")).read_text()
+
+
+def status_line(p: Progress) -> str:
+    parts = [
+        f"**{p.n_prompt}** prompt tokens",
+        f"**{p.n_new}** new tokens",
+        f"**{p.tokens_per_second:.1f}** tokens/s" if p.tokens_per_second else "— tokens/s",
+        f"first token **{p.ttft:.2f} s**" if p.ttft is not None else "first token —",
+        f"seed `{p.request.seed}`"
+        if p.request.n == 1
+        else f"seeds `{p.request.seed}`…`{p.request.seed + p.request.n - 1}`",
+        f"{p.model} on {p.device}",
+    ]
+    state = f"finished ({p.finish_reason})" if p.done else "generating…"
+    return " · ".join(parts) + f" · _{state}_"
+
+
+def prob_color(p: float | None) -> str:
+    """Green for tokens the model was sure of, through yellow, to red at 1 in 10,000 or less (log scale)."""
+    if p is None:
+        return "transparent"
+    x = 0.0 if p <= 0 else min(1.0, max(0.0, 1.0 + math.log10(p) / 4.0))
+    return f"hsla({120 * x:.0f}, 85%, 45%, 0.38)"
+
+
+def _show(text: str) -> str:
+    # Make whitespace-only tokens visible without changing the layout of the text.
+    return html.escape(text).replace("\n", "↵\n")
+
+
+def _pct(p: float) -> str:
+    """A probability as a percentage with three significant digits (0.0141%, 53.2%, 100%)."""
+    return f"{p * 100:.3g}%"
+
+
+def _label(text: str) -> str:
+    """A token's text for a tooltip: quoted the Python way, so spaces and newlines are visible."""
+    return html.escape(repr(text)[1:-1])
+
+
+def token_span(t: TokenProbs) -> str:
+    rows = "".join(
+        f"<tr class='{'chosen' if a.token == t.token else ''}'><td>{_label(a.text)}</td>"
+        f"<td>{_pct(a.prob)}</td><td>{_pct(a.sampled_prob)}</td></tr>"
+        for a in t.alternatives
+    )
+    tip = (
+        f"<span class='tip'><b>{_label(t.text)}</b> · sampled p {_pct(t.prob)} · "
+        f"model p {_pct(t.raw_prob)} · rank {t.rank} · entropy {t.entropy:.2f}"
+        f"<table><tr><th>alternative</th><th>model</th><th>sampled</th></tr>{rows}</table></span>"
+    )
+    return (
+        f"<span class='tok gen' tabindex='0' style='background:{prob_color(t.raw_prob)}'>"
+        f"{_show(t.text)}{tip}</span>"
+    )
+
+
+def prompt_spans(prompt: PromptProbs | None) -> str:
+    if prompt is None:
+        return ""
+    out = []
+    for t in prompt.tokens:
+        p = "—" if t.prob is None else _pct(t.prob)
+        tip = f"<span class='tip'><b>{_label(t.text)}</b> · prompt token · p {p}"
+        tip += f" · rank {t.rank}</span>" if t.rank is not None else "</span>"
+        out.append(
+            f"<span class='tok prm' tabindex='0' style='background:{prob_color(t.prob)}'>"
+            f"{_show(t.text)}{tip}</span>"
+        )
+    return "".join(out)
+
+
+def sparkline(values: list[float], width: int = 260, height: int = 36) -> str:
+    if len(values) < 2:
+        return ""
+    top = max(max(values), 1e-6)
+    step = width / (len(values) - 1)
+    points = " ".join(
+        f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(values)
+    )
+    return (
+        f"<svg class='spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
+        f"role='img' aria-label='entropy per step'><polyline fill='none' stroke='currentColor' "
+        f"stroke-width='1.5' points='{points}'/></svg>"
+    )
+
+
+def summary_html(p: Progress | None, sample: int = 0) -> str:
+    tokens = p.tokens[sample] if p is not None and p.tokens else []
+    s = continuation_summary(tokens)
+    ppl = f"{p.prompt.perplexity:.1f}" if p and p.prompt and p.prompt.perplexity is not None else "—"
+    mean_lp = f"{s['mean_logprob']:.2f}" if s["mean_logprob"] is not None else "—"
+    cont_ppl = f"{s['perplexity']:.1f}" if s["perplexity"] is not None else "—"
+    ent = f"{s['mean_entropy']:.2f}" if s["mean_entropy"] is not None else "—"
+    return (
+        "<div class='summary'>"
+        f"<div><span class='k'>prompt perplexity</span> <b>{ppl}</b></div>"
+        f"<div><span class='k'>continuation mean log-prob</span> <b>{mean_lp}</b> "
+        f"<span class='k'>(perplexity {cont_ppl})</span></div>"
+        f"<div><span class='k'>entropy per step (mean {ent} nats)</span><br>"
+        f"{sparkline([t.entropy for t in tokens])}</div>"
+        "</div>"
+    )
+
+
+LEGEND = (
+    "<div class='legend'>model probability: "
+    + "".join(
+        f"<span class='tok' style='background:{prob_color(p)}'>{label}</span> "
+        for p, label in [
+            (1.0, "≥ 90%"),
+            (0.1, "10%"),
+            (0.01, "1%"),
+            (0.001, "0.1%"),
+            (1e-4, "≤ 0.01%"),
+        ]
+    )
+    + " · hover or tap a token for what else the model considered</div>"
+)
+
+
+def tokens_html(prompt_part: str, gen_spans: list[str]) -> str:
+    return f"{LEGEND}<div class='tokens'>{prompt_part}{''.join(gen_spans)}</div>"
