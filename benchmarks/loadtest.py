@@ -2,7 +2,8 @@
 
     python -m benchmarks.loadtest --weights weights/                  # 16 clients × 5 requests
     python -m benchmarks.loadtest --weights weights/ --clients 8 --requests 2 --max-new-tokens 64
-    python -m benchmarks.loadtest --weights weights/ --sequential 200  # RSS over 200 requests in a row
+    python -m benchmarks.loadtest --weights weights/ --sequential 500  # RSS over 500 requests in a row
+    python -m benchmarks.loadtest --weights weights/ --flood 64        # 64 clients arriving at once
     python -m benchmarks.loadtest --url http://127.0.0.1:7860/ ...     # an app already running here
 
 It starts `app.py` on 127.0.0.1 (a free port) with the given converted model, drives the `/generate`
@@ -12,6 +13,8 @@ the server's peak RSS. `--verify` (on by default) runs every request again alone
 on the same weights and counts results that differ (cross-talk between requests would show here).
 With `--disconnect K`, K extra clients cancel mid-stream; the report then says how much CPU the server
 used in the second after the last request ended (a cancelled request must not keep decoding).
+`--flood N` sends N plain-HTTP requests at the same instant: each must be served or told at once that the
+server is busy (never hang, never an empty error), and the app must serve normally afterwards.
 
 Bounded: every request has a deadline (`--timeout`), counts are capped, and only loopback URLs are
 accepted.
@@ -228,6 +231,68 @@ def run_clients(
     return time.perf_counter() - start
 
 
+def http_generate(url: str, data: list, timeout: float) -> tuple[str, str, float]:
+    """One /generate call over Gradio's plain REST API: (outcome, detail, seconds), outcome one of
+    "ok", "busy" (a full queue or scheduler, said so), "error" (with its message) or "timeout"."""
+    import requests
+
+    start = time.perf_counter()
+    try:
+        r = requests.post(f"{url}gradio_api/call/generate", json={"data": data}, timeout=timeout)
+        if r.status_code != 200:
+            outcome = "busy" if r.status_code == 503 and "full" in r.text.lower() else "error"
+            return outcome, f"HTTP {r.status_code}: {r.text[:200]}", time.perf_counter() - start
+        event_id, event = r.json()["event_id"], None
+        with requests.get(
+            f"{url}gradio_api/call/generate/{event_id}", stream=True, timeout=timeout
+        ) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    payload = json.loads(line[5:])
+                    if event == "complete":
+                        return "ok", payload[0], time.perf_counter() - start
+                    message = str((payload or {}).get("error"))
+                    outcome = "busy" if "busy" in message.lower() else "error"
+                    return outcome, message[:200], time.perf_counter() - start
+        return "error", "the event stream ended without a result", time.perf_counter() - start
+    except requests.Timeout:
+        return "timeout", f"no answer within {timeout:.0f} s", time.perf_counter() - start
+    except requests.RequestException as exc:
+        return "error", f"{type(exc).__name__}: {exc}"[:200], time.perf_counter() - start
+
+
+def flood(url: str, n: int, max_new_tokens: int, timeout: float = 300.0) -> dict:
+    """`n` plain-HTTP clients, released at the same instant, one request each."""
+    check_loopback(url)
+    results: list = [None] * n
+    gate = threading.Barrier(n)
+
+    def client(i: int) -> None:
+        gate.wait()
+        data = [PROMPTS[i % len(PROMPTS)], max_new_tokens, 1.0, 40, 1.0, 1.0, i, None, None]
+        results[i] = http_generate(url, data, timeout)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 30)
+    results = [r or ("timeout", "client thread did not finish", timeout) for r in results]
+    busy = [r for r in results if r[0] == "busy"]
+    return {
+        "clients": n,
+        "served": sum(r[0] == "ok" for r in results),
+        "busy": len(busy),
+        "errors": [r[1] for r in results if r[0] == "error"][:5],
+        "timeouts": sum(r[0] == "timeout" for r in results),
+        "busy_answer_p95_s": percentile([r[2] for r in busy], 95),
+        "busy_message": busy[0][1] if busy else None,
+        "served_p95_s": percentile([r[2] for r in results if r[0] == "ok"], 95),
+    }
+
+
 def load_reference(weights: str, model_name: str | None = None):
     """The app's model (its default: the first `list_models` gives) and tokenizer, loaded here."""
     from gpt2 import list_models, load_model, load_tokenizer
@@ -303,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=5, help="requests per client, one after another")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--sequential", type=int, default=0, help="instead: this many requests in a row")
+    ap.add_argument("--flood", type=int, default=0, help="instead: this many clients at the same instant")
     ap.add_argument("--disconnect", type=int, default=0, help="extra clients that cancel mid-stream")
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline for the whole run, seconds")
     ap.add_argument("--no-verify", dest="verify", action="store_false")
@@ -313,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"at most {MAX_CLIENTS} clients and {MAX_REQUESTS} requests in all")
     if not 0 <= args.sequential <= MAX_REQUESTS or not 0 <= args.disconnect <= MAX_CLIENTS:
         ap.error("--sequential at most 1000, --disconnect at most 64")
+    if not 0 <= args.flood <= MAX_CLIENTS:
+        ap.error(f"--flood at most {MAX_CLIENTS}")
 
     proc = None
     url = args.url
@@ -325,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_ready(url, proc, timeout=180)
         pid = proc.pid if proc else None
+        if args.flood:
+            with RssSampler(pid) if pid else _null() as sampler:
+                summary = flood(url, args.flood, args.max_new_tokens, timeout=args.timeout)
+                summary["after_flood"] = http_generate(
+                    url, ["After the flood", 8, 1.0, 40, 1.0, 1.0, 1, None, None], 120
+                )[0]
+            summary["server_peak_rss_mb"] = round(sampler.peak / 2**20, 1) if pid else None
+            print(json.dumps(summary, indent=2))
+            ok = not summary["errors"] and not summary["timeouts"] and summary["after_flood"] == "ok"
+            return 0 if ok and summary["served"] > 0 else 1
         if args.sequential:
             jobs = [make_jobs(1, args.sequential, args.max_new_tokens)[0]]
         else:

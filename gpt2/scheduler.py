@@ -82,6 +82,9 @@ class RequestStream(Iterator[Step]):
                 if not self._scheduler._worker.is_alive():
                     self._finished = True
                     raise RuntimeError("the scheduler stopped") from None
+        return self._take(item)
+
+    def _take(self, item: Step | BaseException) -> Step:
         self._scheduler._consumed(self._job)
         if isinstance(item, BaseException):
             self._finished = True
@@ -90,6 +93,20 @@ class RequestStream(Iterator[Step]):
             self._open -= 1
             self._finished = self._open == 0
         return item
+
+    def drain(self) -> list[Step]:
+        """Every step ready now, waiting for the first (empty once the stream has ended). A consumer that
+        renders updates at its own pace takes what accumulated in one call instead of waking per token."""
+        if self._finished:
+            return []
+        steps = [next(self)]
+        while not self._finished:
+            try:
+                item = self._job.out.get_nowait()
+            except queue.Empty:
+                break
+            steps.append(self._take(item))
+        return steps
 
     def close(self) -> None:
         if not self._finished:

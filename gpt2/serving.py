@@ -338,8 +338,9 @@ class Server:
         pieces: list[list[str]] = [[] for _ in range(n)]
         steps = self.steps(request, name, score_prompt=with_probs)
         last_yield = -math.inf
+        next_due = [-math.inf]  # when the next update is due (read by _paced between batches)
         try:
-            for step in steps:
+            for step in _paced(steps, next_due):
                 now = time.perf_counter()
                 i = step.sample
                 pieces[i].append(step.text)
@@ -360,6 +361,7 @@ class Server:
                 if progress.done or now - last_yield >= self.interval:
                     progress.texts = ["".join(p) for p in pieces]
                     last_yield = now
+                    next_due[0] = now + self.interval
                     yield progress
                     if progress.done:
                         return
@@ -379,6 +381,25 @@ class Server:
             schedulers, self._schedulers = list(self._schedulers.values()), {}
         for scheduler in schedulers:
             scheduler.close()
+
+
+def _paced(steps: Iterator[Step], due: list[float]) -> Iterator[Step]:
+    """The steps of a scheduler's stream, taken in batches: after an update the consumer sleeps until the
+    next one is `due` and then takes everything that accumulated, instead of waking for every token —
+    on a small CPU each wake-up takes a core from the decoding threads. (A driver that runs in this
+    thread, `run_request`, is simply iterated.)"""
+    drain = getattr(steps, "drain", None)
+    if drain is None:
+        yield from steps
+        return
+    while True:
+        batch = drain()
+        if not batch:
+            return
+        yield from batch
+        wait = due[0] - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
 
 
 def _round_robin(iterators: list[Iterator[Step]]) -> Iterator[Step]:

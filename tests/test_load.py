@@ -128,3 +128,28 @@ def test_the_app_serves_through_the_scheduler_by_default(monkeypatch):
     monkeypatch.setenv("GPT2_MAX_BATCH", "eight")
     with pytest.raises(ValueError, match="GPT2_MAX_BATCH"):
         app.max_batch_from_env()
+
+
+def test_flood_is_served_or_told_busy_at_once_then_serves_normally(tmp_path, bpe_dir):
+    """24 plain-HTTP clients at the same instant against 2 batch rows and 4 queue places: every one is
+    served or gets Gradio's "Queue is full" answer (never a hang or an empty error); afterwards the app
+    serves normally, through the Python client too."""
+    from gradio_client import Client
+
+    from benchmarks.loadtest import flood, http_generate
+
+    registry = ModelRegistry.from_path(make_weights_dir(tmp_path / "weights", bpe_dir))
+    server = Server(registry, max_batch=2, max_queue=0)
+    demo = build_demo(registry, server=server, queue_size=4)
+    try:
+        with serve(demo) as url:
+            summary = flood(url, 24, max_new_tokens=24, timeout=240)
+            assert summary["errors"] == [] and summary["timeouts"] == 0, summary
+            assert summary["served"] >= 2 and summary["busy"] >= 1, summary
+            assert summary["served"] + summary["busy"] == 24
+            assert "Queue is full" in summary["busy_message"]
+            assert http_generate(url, ["After", 4, 1.0, 40, 1.0, 1.0, 1, None, None], 120)[0] == "ok"
+            client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+            assert client.predict("After", max_new_tokens=4, seed=1, api_name="/generate")
+    finally:
+        server.close()
