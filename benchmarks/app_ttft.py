@@ -23,6 +23,7 @@ import torch
 
 from gpt2 import GPT2, GPT2Config, load_tokenizer, save_model
 from gpt2.fast import runner_for
+from gpt2.tokenizer import PACKAGED_BPE_DIR
 
 PROMPT = "The quick brown fox jumps over the lazy dog while the farmer watches from the old red barn at dawn"
 
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bpe-dir", default=os.environ.get("GPT2_BPE_DIR", "../shared/gpt2-bpe"))
+    ap.add_argument("--bpe-dir", default=os.environ.get("GPT2_BPE_DIR") or str(PACKAGED_BPE_DIR))
     args = ap.parse_args()
     os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

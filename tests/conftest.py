@@ -1,4 +1,5 @@
-"""Shared fixtures: GPT-2's BPE files from ../shared, tiktoken's reference encoding offline, models."""
+"""Shared fixtures: GPT-2's BPE files (packaged in gpt2/bpe/), tiktoken's reference encoding offline,
+models."""
 
 from __future__ import annotations
 
@@ -11,22 +12,11 @@ import pytest
 import torch
 
 from gpt2 import GPT2, GPT2Config, Tokenizer, load_tokenizer
+from gpt2.tokenizer import PACKAGED_BPE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _find_bpe_dir() -> Path:
-    """GPT2_BPE_DIR if set; else ../shared/gpt2-bpe (CI clones main with shared/ beside it); else
-    weights/, where `python -m convert` puts the same two files."""
-    if os.environ.get("GPT2_BPE_DIR"):
-        return Path(os.environ["GPT2_BPE_DIR"])
-    for candidate in (ROOT.parent / "shared" / "gpt2-bpe", ROOT / "weights"):
-        if (candidate / "encoder.json").is_file() and (candidate / "vocab.bpe").is_file():
-            return candidate
-    return ROOT.parent / "shared" / "gpt2-bpe"
-
-
-BPE_DIR = _find_bpe_dir()
+# The package's own copy (checked against tiktoken's pins when loaded): a fresh clone needs nothing else.
+BPE_DIR = PACKAGED_BPE_DIR
 TIKTOKEN_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
@@ -39,7 +29,7 @@ TINY = GPT2Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
 @pytest.fixture(scope="session")
 def bpe_dir() -> Path:
     if not (BPE_DIR / "encoder.json").is_file():
-        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}: set GPT2_BPE_DIR or run `python -m convert`")
+        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}: the checkout is incomplete")
     return BPE_DIR
 
 

@@ -56,7 +56,8 @@ def test_save_pretrained_folder_round_trip(tmp_path, tied, capsys):
     if not tied:
         assert torch.equal(model.lm_head.weight, hf.lm_head.weight)
     assert read_metadata(out / "gpt2-distil.safetensors")["name"] == "distil"
-    assert "tiktoken's cache" in capsys.readouterr().out  # no --bpe-dir: the summary says what the app needs
+    # No --bpe-dir: the package's own copy of the tokenizer files goes beside the model.
+    assert {p.name for p in out.iterdir()} == {"gpt2-distil.safetensors", "encoder.json", "vocab.bpe"}
 
 
 def test_pytorch_model_bin_with_old_buffers(tmp_path, bpe_dir):
