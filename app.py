@@ -37,6 +37,7 @@ from gpt2 import (
     Step,
     Tokenizer,
     generate_steps,
+    hub,
     list_models,
     load_model,
     load_tokenizer,
@@ -102,6 +103,36 @@ class NoWeightsError(RuntimeError):
     pass
 
 
+# --- Weights from the Hugging Face Hub (`--weights hf://OWNER/REPO[@REVISION][/FILE]`, gpt2/hub.py) ---
+HUB_DEFAULT = "hf://openai-community/gpt2"  # what a Space serves when its repo holds no converted weights
+
+
+def default_weights() -> str:
+    """`--weights` default: $GPT2_WEIGHTS, else weights/, except on a Space (SPACE_ID set) whose weights/
+    holds no converted model: then GPT-2 124M from the Hub (cached after the first start)."""
+    if os.environ.get("GPT2_WEIGHTS"):
+        return os.environ["GPT2_WEIGHTS"]
+    if os.environ.get("SPACE_ID") and not list_models(DEFAULT_WEIGHTS):
+        return HUB_DEFAULT
+    return str(DEFAULT_WEIGHTS)
+
+
+def load_weights(source: "Path | str", device: str) -> GPT2:
+    """A converted weights file, or an hf:// spec (downloaded once into huggingface_hub's cache)."""
+    if hub.is_hub_spec(str(source)):
+        return hub.load_hub_model(str(source), device=device)
+    return load_model(source, device=device)
+
+
+def hub_registry(spec: str, device: str | None, precision: str) -> "ModelRegistry":
+    """The one model an hf:// spec names, served with the packaged GPT-2 tokenizer."""
+    name = hub.model_name(spec)  # validates the spec: a malformed one is a HubError (ValueError) here
+    return ModelRegistry({name: spec}, load_tokenizer(), device=device, precision=precision)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
 class ModelRegistry:
     """Converted models by display name, loaded on first use and kept (at most `max_loaded` at a time).
 
@@ -111,7 +142,7 @@ class ModelRegistry:
 
     def __init__(
         self,
-        paths: dict[str, Path],
+        paths: dict[str, Path | str],  # a str is an hf:// spec
         tokenizer: Tokenizer,
         *,
         directory: Path | None = None,
@@ -137,7 +168,9 @@ class ModelRegistry:
     def from_path(
         cls, path: str | os.PathLike[str], device: str | None = None, precision: str = "fp32"
     ) -> "ModelRegistry":
-        """Every converted model in a folder, or the single model in a weights file."""
+        """Every converted model in a folder, or the single model in a weights file (or an hf:// spec)."""
+        if hub.is_hub_spec(str(path)):
+            return hub_registry(str(path), device, precision)
         path = Path(path)
         if path.is_file():
             name = read_metadata(path).get("name") or path.stem
@@ -184,7 +217,7 @@ class ModelRegistry:
         name = self.check_name(name)
         with self._lock:  # two first requests for one model load it once
             if name not in self._models:
-                model = load_model(self.paths[name], device=self.device)
+                model = load_weights(self.paths[name], device=self.device)
                 if self.precision != "fp32":  # packed bf16/int8 weights; the fp32 copy is dropped
                     model = FastGPT2(model, self.precision)
                 self._models[name] = model
@@ -802,7 +835,11 @@ def _blank_request(registry: ModelRegistry) -> Request:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Serve the GPT-2 demo (host/port: GRADIO_SERVER_NAME/PORT).")
-    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a converted .safetensors file or folder")
+    ap.add_argument(
+        "--weights",
+        default=default_weights(),
+        help="a converted .safetensors file or folder, or hf://OWNER/REPO[@REVISION][/FILE] (GPT2_WEIGHTS)",
+    )
     ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
     ap.add_argument(
         "--precision",
@@ -839,7 +876,10 @@ def main(argv: list[str] | None = None) -> None:
     except (NoWeightsError, ValueError, RuntimeError) as exc:
         sys.exit(str(exc))
     print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
-    registry.get(registry.default)  # warm the default model so the first visitor does not wait
+    try:
+        registry.get(registry.default)  # warm the default model so the first visitor does not wait
+    except ValueError as exc:  # e.g. a HubError: a missing repo, no network and nothing cached
+        sys.exit(str(exc))
     if registry.device == "cpu":  # say which decode engine serves (the native one builds on first use)
         why = native.unavailable_reason(registry.precision)
         print(f"decode engine: {'native (gpt2/csrc/decode.c)' if why is None else f'PyTorch ({why})'}")

@@ -299,3 +299,32 @@ def test_hub_weights_match_the_converter(hub, tmp_path):
     )
     assert converted.keys() == loaded.keys()
     assert all(torch.equal(converted[k], loaded[k]) for k in converted)
+
+
+def test_app_serves_a_hub_spec(hub, tokenizer):
+    import app
+
+    _, hf, _ = hub
+    registry = app.ModelRegistry.from_path("hf://org/tiny-gpt2")
+    assert registry.names == ["org/tiny-gpt2"] and registry.default == "org/tiny-gpt2"
+    model = registry.get("org/tiny-gpt2")
+    assert greedy_ids_ours(model, registry.tokenizer, 6) == greedy_ids_transformers(hf, tokenizer, 6)
+    with pytest.raises(SystemExit) as info:  # a repository that does not exist stops the app with one line
+        app.main(["--weights", "hf://org/missing"])
+    assert "repository org/missing not found" in str(info.value.code) and "\n" not in str(info.value.code)
+
+
+def test_app_default_weights(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setattr(app, "DEFAULT_WEIGHTS", tmp_path)  # an empty weights/ folder
+    for var in ("GPT2_WEIGHTS", "SPACE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert app.parse_args([]).weights == str(tmp_path)
+    monkeypatch.setenv("SPACE_ID", "me/gpt2-demo")  # on a Space with nothing converted: GPT-2 from the Hub
+    assert app.parse_args([]).weights == app.HUB_DEFAULT == "hf://openai-community/gpt2"
+    save_model(random_model(TINY), tmp_path / "gpt2-tiny.safetensors", name="tiny")
+    assert app.parse_args([]).weights == str(tmp_path)  # converted weights in the Space's repo win
+    monkeypatch.setenv("GPT2_WEIGHTS", "hf://me/ours")
+    assert app.parse_args([]).weights == "hf://me/ours"
+    assert app.parse_args(["--weights", "hf://a/b@v1"]).weights == "hf://a/b@v1"
