@@ -54,19 +54,34 @@ def tiktoken_cache(bpe_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         os.environ["TIKTOKEN_CACHE_DIR"] = old
 
 
-def random_model(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
-    """A GPT2 with random weights, biases and LayerNorm parameters included (so none is a no-op)."""
-    torch.manual_seed(seed)
-    model = GPT2(config)
+def randomize_parameters(model: torch.nn.Module, *, bias_std: float, weight_std: float) -> torch.nn.Module:
+    """Every parameter random, biases and LayerNorm gains included (so none is a no-op)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
-                p.copy_(0.02 * torch.randn_like(p))
+                p.copy_(bias_std * torch.randn_like(p))
             else:
-                p.normal_(0.0, std)
+                p.normal_(0.0, weight_std)
     return model.eval()
+
+
+def random_model(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
+    """A GPT2 with random weights, biases and LayerNorm parameters included."""
+    torch.manual_seed(seed)
+    return randomize_parameters(GPT2(config), bias_std=0.02, weight_std=std)
+
+
+def random_hf_model(seed: int, tied: bool = True, **dims):
+    """Hugging Face transformers' GPT-2 (the independent reference) with every parameter random: HF
+    initialises LayerNorms to 1/0 and biases to 0, which would hide mistakes in mapping them."""
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = HFConfig(**dims, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied)
+    return randomize_parameters(GPT2LMHeadModel(cfg), bias_std=0.05, weight_std=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, random_model
+from conftest import ROOT, TINY, random_hf_model, random_model
 from hub_server import FakeHub
-from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
 from gpt2 import generate_steps, save_model
@@ -29,19 +28,7 @@ PROMPT = "Every effort moves you"
 
 
 def hf_model(seed: int) -> GPT2LMHeadModel:
-    """A small random GPT-2 in transformers, every parameter random (HF starts LayerNorms at 1/0)."""
-    torch.manual_seed(seed)
-    cfg = HFConfig(**HF_DIMS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.1)
-    return model
+    return random_hf_model(seed, **HF_DIMS)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -211,7 +198,6 @@ for spec in sys.argv[1:]:
 
 def test_second_load_works_offline_from_the_cache(published, monkeypatch, tmp_path):
     """Load once online, stop the Hub, then a fresh process with HF_HUB_OFFLINE=1 loads from the cache."""
-    _, hf, ours = published
     home = tmp_path / "hf-home"
     with FakeHub() as server:
         tiny = {k: v for k, v in published[0].repos["org/tiny-gpt2"][1].items() if k != "pytorch_model.bin"}
@@ -227,26 +213,17 @@ def test_second_load_works_offline_from_the_cache(published, monkeypatch, tmp_pa
             }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(home), HF_ENDPOINT=url, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-c", OFFLINE_PROBE, *want],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def probe(*specs: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", OFFLINE_PROBE, *specs]
+        return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    proc = probe(*want)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(line.split() for line in proc.stdout.strip().splitlines())
     assert {k: float(v) for k, v in got.items()} == pytest.approx(want, rel=1e-6)
     # Offline, a repository never downloaded is still a one-line error, not a traceback.
-    proc = subprocess.run(
-        [sys.executable, "-c", OFFLINE_PROBE, "hf://org/never-seen"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = probe("hf://org/never-seen")
     assert proc.returncode == 1 and "HubError: hf://org/never-seen: HF_HUB_OFFLINE is set" in proc.stderr
 
 
