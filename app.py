@@ -23,6 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from gpt2 import list_models
 from gpt2.precision import PRECISIONS
 from gpt2.request import SERVING
 from gpt2.scheduler import BusyError
@@ -43,6 +44,7 @@ except ImportError:
     spaces = None
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
+HUB_DEFAULT = "hf://openai-community/gpt2"  # what a Space serves when its repo holds no converted weights
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
 API_ENDPOINTS = ("generate", "generate_with_probs", "generate_samples")
 EXAMPLES = [
@@ -298,9 +300,23 @@ def build_demo(
     return demo
 
 
+def default_weights() -> str:
+    """$GPT2_WEIGHTS, else weights/ — except on a Space (SPACE_ID set) whose weights/ holds no converted
+    model: then GPT-2 124M from the Hub (preloaded at build time, see README "Deploy")."""
+    if os.environ.get("GPT2_WEIGHTS"):
+        return os.environ["GPT2_WEIGHTS"]
+    if os.environ.get("SPACE_ID") and not list_models(DEFAULT_WEIGHTS):
+        return HUB_DEFAULT
+    return str(DEFAULT_WEIGHTS)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Serve the GPT-2 demo (host/port: GRADIO_SERVER_NAME/PORT).")
-    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a converted .safetensors file or folder")
+    ap.add_argument(
+        "--weights",
+        default=default_weights(),
+        help="a converted .safetensors file or folder, or hf://OWNER/REPO[@REVISION][/FILE] (GPT2_WEIGHTS)",
+    )
     ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
     ap.add_argument(
         "--precision",
@@ -336,8 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     except (NoWeightsError, ValueError, RuntimeError) as exc:
         sys.exit(str(exc))
     print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
-    # Load the default model now (the first visitor should not wait), and say which engine decodes it.
-    print(f"decode engine: {registry.engine_line()} · batch: {max_batch}", flush=True)
+    try:  # load the default model now (the first visitor should not wait); say which engine decodes it
+        print(f"decode engine: {registry.engine_line()} · batch: {max_batch}", flush=True)
+    except ValueError as exc:  # e.g. a HubError: a missing repo, or no network and nothing cached
+        sys.exit(str(exc))
     demo = build_demo(registry, max_batch=max_batch)
     # Spaces routes traffic to 0.0.0.0:7860; elsewhere Gradio's own defaults and env vars apply.
     server_name = None

@@ -29,6 +29,7 @@ import torch
 
 from gpt2 import GPT2, GPT2Config, generate_steps, load_tokenizer, prepare
 from gpt2.scheduler import BatchScheduler
+from gpt2.tokenizer import PACKAGED_BPE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = {
@@ -41,7 +42,7 @@ SAMPLING = {
 def bpe_dir(given: str | None) -> Path:
     """GPT-2's BPE files from a local folder only (a benchmark never downloads anything)."""
     env = os.environ.get("GPT2_BPE_DIR")
-    for c in [given, env, ROOT / "weights", ROOT.parent / "shared" / "gpt2-bpe"]:
+    for c in [given, env, ROOT / "weights", PACKAGED_BPE_DIR]:
         if c and (Path(c) / "encoder.json").is_file() and (Path(c) / "vocab.bpe").is_file():
             return Path(c)
     raise SystemExit("GPT-2's BPE files not found: pass --bpe-dir or set GPT2_BPE_DIR")

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="model name shown in the app (letters, digits, -_.); default: size or file name"
     )
     p.add_argument(
-        "--bpe-dir", type=Path, metavar="DIR", help="copy GPT-2's encoder.json/vocab.bpe from here"
+        "--bpe-dir",
+        type=Path,
+        metavar="DIR",
+        help="copy GPT-2's encoder.json/vocab.bpe from here (default: the download, the source folder, "
+        "else the copy packaged in gpt2/bpe/)",
     )
     g = p.add_argument_group("--from-pth")
     g.add_argument("--size", choices=SIZES, help="the GPT-2 size the checkpoint was built as")
@@ -150,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
 
     if name is None:
         raise ConvertError("cannot derive a valid model name from the input: pass --name")
+    if bpe_dir is None:  # the routes whose input carries no tokenizer files: the package's verified copy
+        from gpt2.tokenizer import PACKAGED_BPE_DIR
+
+        bpe_dir = PACKAGED_BPE_DIR
     summary = write_output(model, args.out, name=name, dtype=args.dtype, source=source, bpe_dir=bpe_dir)
     print("\n".join(summary.lines()))
     if downloaded is not None and not (args.keep_download or args.cache_dir):

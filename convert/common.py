@@ -1,8 +1,9 @@
 """What every conversion route shares: a state dict in our names + a config → one `weights/` file.
 
 The three routes (OpenAI's TF checkpoints, the book's `.pth`, Hugging Face folders) only rename and
-reshape tensors; checking them against the model's expected shapes, choosing a tied or untied head,
-and writing the output all-or-nothing happens here, once.
+reshape tensors; checking them against the model's expected shapes and choosing a tied or untied head
+happens once in `gpt2.checkpoint` (shared with the app's Hub loader), writing the output all-or-nothing
+happens here.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ from pathlib import Path
 import torch
 
 from gpt2 import GPT2, GPT2Config
+
+# Re-exported for the routes: the checks live in gpt2/ because the app's Hub loader needs them too.
+from gpt2.checkpoint import CheckpointError
+from gpt2.checkpoint import build_model as build_model
+from gpt2.checkpoint import check_source_tensors as check_source_tensors
+from gpt2.checkpoint import heads_tied as heads_tied
 from gpt2.tokenizer import BPE_FILE_SHA256, sha256_file
-from gpt2.weights import expected_shapes, model_filename, read_metadata, save_model
+from gpt2.weights import model_filename, read_metadata, save_model
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# The app serves every model with GPT-2's tokenizer, so a model must have exactly its vocabulary.
-GPT2_VOCAB = 50257
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class ConvertError(Exception):
-    """A problem with the user's input (a bad file, a wrong shape, a failed download): shown as one line."""
+# One exception type for every problem with the user's input, whichever package found it (the checks
+# shared with the app's Hub loader live in gpt2/): `python -m convert` shows it as one `error:` line.
+ConvertError = CheckpointError
 
 
 def validate_name(name: str) -> str:
@@ -56,37 +60,6 @@ def default_name(*candidates: str | None) -> str | None:
     return None
 
 
-def heads_tied(head: torch.Tensor | None, wte: torch.Tensor) -> bool:
-    """A head equal in value to the token embedding is stored once (tied); any other is kept as is."""
-    return head is None or (head.shape == wte.shape and torch.equal(head, wte))
-
-
-def check_source_tensors(
-    state: dict[str, torch.Tensor],
-    expected: dict[str, tuple[int, ...]],
-    source: str,
-    *,
-    optional: frozenset[str] = frozenset(),
-) -> None:
-    """Names and shapes in the checkpoint's own naming, so an error names what the user can look up."""
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = sorted(k for k in state if k not in expected)
-    if missing:
-        raise ConvertError(
-            f"{source}: tensor {missing[0]} is missing (expected shape {expected[missing[0]]})"
-            + (f"; {len(missing) - 1} more missing" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        k = unexpected[0]
-        raise ConvertError(
-            f"{source}: unexpected tensor {k} with shape {tuple(state[k].shape)}"
-            + (f"; {len(unexpected) - 1} more unexpected" if len(unexpected) > 1 else "")
-        )
-    for k, shape in expected.items():
-        if k in state and tuple(state[k].shape) != shape:
-            raise ConvertError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, expected {shape}")
-
-
 def strip_common_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Drop a prefix every key shares: `_orig_mod.` (torch.compile), `module.` (DDP), `transformer.`."""
     changed = True
@@ -97,45 +70,6 @@ def strip_common_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
-
-
-def build_model(state: dict[str, torch.Tensor], config: GPT2Config, source: str) -> GPT2:
-    """Check `state` (our module names, Linear weights `[out, in]`) against `config` and load it.
-
-    Every problem is reported with the tensor's name and both shapes; nothing is guessed or padded.
-    """
-    if config.n_vocab != GPT2_VOCAB:
-        raise ConvertError(
-            f"{source}: the model has a vocabulary of {config.n_vocab} tokens, but the app serves GPT-2's "
-            f"tokenizer with {GPT2_VOCAB}; such a model cannot be served faithfully"
-        )
-    want = expected_shapes(config)
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    if missing:
-        raise ConvertError(f"{source}: missing tensor(s) {', '.join(missing[:5])}" + _more(missing))
-    if unexpected:
-        raise ConvertError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}" + _more(unexpected))
-    tensors = {}
-    for key, shape in want.items():
-        t = state[key]
-        if tuple(t.shape) != shape:
-            raise ConvertError(f"{source}: {key} has shape {tuple(t.shape)}, expected {shape}")
-        if not t.is_floating_point():
-            raise ConvertError(f"{source}: {key} has dtype {t.dtype}, expected a floating-point tensor")
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        # A NaN or inf weight means a corrupt file or a diverged run; serving it would only print garbage.
-        if not torch.isfinite(t).all():
-            raise ConvertError(f"{source}: {key} contains NaN or infinite values")
-        tensors[key] = t
-    with torch.device("meta"):
-        model = GPT2(config)
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def _more(items: list[str]) -> str:
-    return f" and {len(items) - 5} more" if len(items) > 5 else ""
 
 
 @dataclass
@@ -163,9 +97,8 @@ class Summary:
         ]
         if not self.tokenizer_files:
             out.append(
-                f"  note: {self.path.parent} has no encoder.json/vocab.bpe yet; the app then needs "
-                "tiktoken's cache or the internet (pass --bpe-dir, or run "
-                "`python -m convert --model 124M` once)"
+                f"  note: {self.path.parent} has no encoder.json/vocab.bpe; the app uses the copy "
+                "packaged in gpt2/bpe/"
             )
         out.append("next: python app.py  (it lists every model in its weights/ folder)")
         return out

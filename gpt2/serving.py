@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import hub
 from .engine import describe
 from .generation import run_request
 from .inspect import (
@@ -93,7 +94,14 @@ class ModelRegistry:
     def from_path(
         cls, path: str | os.PathLike[str], device: str | None = None, precision: str = "fp32"
     ) -> ModelRegistry:
-        """Every converted model in a folder, or the single model in a weights file."""
+        """Every converted model in a folder, the single model in a weights file, or the model an
+        `hf://OWNER/REPO[@REVISION][/FILE]` spec names (fetched through huggingface_hub on first use)."""
+        if hub.is_hub_spec(str(path)):
+            spec = str(path)
+            name = hub.model_name(spec)  # validates the spec: a malformed one is a HubError (ValueError)
+            return cls(
+                {name: lambda: hub.load_hub_model(spec)}, load_tokenizer(), device=device, precision=precision
+            )
         path = Path(path)
         if path.is_file():
             name = read_metadata(path).get("name") or path.stem

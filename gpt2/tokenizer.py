@@ -1,8 +1,8 @@
-"""GPT-2's byte-level BPE through tiktoken, built from local `encoder.json` + `vocab.bpe` when present.
+"""GPT-2's byte-level BPE through tiktoken, built from `encoder.json` + `vocab.bpe` shipped in `gpt2/bpe/`.
 
-tiktoken's own `get_encoding("gpt2")` downloads those two files on first use; a Space (or a machine
-without internet) should not depend on that, so the files the converter puts into `weights/` are used
-first, after checking them against the SHA-256 hashes tiktoken pins.
+tiktoken's own `get_encoding("gpt2")` downloads those two files on first use; a Space, a fresh clone or a
+machine without internet should not depend on that, so the package carries them (1.5 MB, checked against
+the SHA-256 hashes tiktoken pins before use). `$GPT2_BPE_DIR` or an explicit folder can stand in for them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 BPE_FILE_SHA256 = {ENCODER_JSON: ENCODER_JSON_SHA256, VOCAB_BPE: VOCAB_BPE_SHA256}
 ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "weights"
+PACKAGED_BPE_DIR = Path(__file__).resolve().parent / "bpe"
 
 
 class Tokenizer:
@@ -94,23 +94,13 @@ def _from_directory(directory: Path) -> Tokenizer:
 
 
 def load_tokenizer(directory: str | os.PathLike[str] | None = None) -> Tokenizer:
-    """GPT-2's tokenizer.
+    """GPT-2's tokenizer, from `directory`, else `$GPT2_BPE_DIR`, else the files packaged in `gpt2/bpe/`.
 
-    With `directory`, its `encoder.json` and `vocab.bpe` are used (and must be the right files).
-    Without, the first of `$GPT2_BPE_DIR` and the project's `weights/` that holds both files is used;
-    failing that, `tiktoken.get_encoding("gpt2")` (which needs its cache or the internet).
+    Whichever folder is chosen must hold GPT-2's exact `encoder.json` and `vocab.bpe` (ValueError
+    otherwise). There is deliberately no download fallback: the packaged files are part of the install,
+    so a missing one means a broken install, which is better said plainly than papered over by a
+    network fetch that a Space or an offline machine cannot make.
     """
-    if directory is not None:
-        return _from_directory(Path(directory))
-    candidates = [os.environ.get("GPT2_BPE_DIR"), DEFAULT_DIR]
-    for candidate in candidates:
-        if candidate and all((Path(candidate) / n).is_file() for n in BPE_FILE_SHA256):
-            return _from_directory(Path(candidate))
-    try:
-        return Tokenizer(tiktoken.get_encoding("gpt2"), source="tiktoken")
-    except Exception as exc:  # network errors come in many types; the message is what matters
-        raise RuntimeError(
-            "GPT-2's BPE files were not found locally and tiktoken could not fetch them "
-            f"({exc}). Run `python -m convert --model 124M` (it saves encoder.json and vocab.bpe into "
-            "weights/) or point GPT2_BPE_DIR at a folder holding them."
-        ) from exc
+    if directory is None:
+        directory = os.environ.get("GPT2_BPE_DIR") or PACKAGED_BPE_DIR
+    return _from_directory(Path(directory))

@@ -37,10 +37,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(demo):
-    """Launch a built demo on a free local port; yield its URL; close it afterwards."""
+def serve(demo, **launch):
+    """Launch a built demo on a free local port; yield its URL; close it afterwards. `launch`: more
+    arguments for `demo.launch` (e.g. mcp_server=True)."""
     _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **launch
     )
     try:
         yield url

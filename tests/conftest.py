@@ -1,4 +1,5 @@
-"""Shared fixtures: GPT-2's BPE files from ../shared, tiktoken's reference encoding offline, models."""
+"""Shared fixtures: GPT-2's BPE files (packaged in gpt2/bpe/), tiktoken's reference encoding offline,
+models."""
 
 from __future__ import annotations
 
@@ -11,22 +12,11 @@ import pytest
 import torch
 
 from gpt2 import GPT2, GPT2Config, Tokenizer, load_tokenizer
+from gpt2.tokenizer import PACKAGED_BPE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _find_bpe_dir() -> Path:
-    """GPT2_BPE_DIR if set; else ../shared/gpt2-bpe (CI clones main with shared/ beside it); else
-    weights/, where `python -m convert` puts the same two files."""
-    if os.environ.get("GPT2_BPE_DIR"):
-        return Path(os.environ["GPT2_BPE_DIR"])
-    for candidate in (ROOT.parent / "shared" / "gpt2-bpe", ROOT / "weights"):
-        if (candidate / "encoder.json").is_file() and (candidate / "vocab.bpe").is_file():
-            return candidate
-    return ROOT.parent / "shared" / "gpt2-bpe"
-
-
-BPE_DIR = _find_bpe_dir()
+# The package's own copy (checked against tiktoken's pins when loaded): a fresh clone needs nothing else.
+BPE_DIR = PACKAGED_BPE_DIR
 TIKTOKEN_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
@@ -39,7 +29,7 @@ TINY = GPT2Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
 @pytest.fixture(scope="session")
 def bpe_dir() -> Path:
     if not (BPE_DIR / "encoder.json").is_file():
-        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}: set GPT2_BPE_DIR or run `python -m convert`")
+        pytest.fail(f"GPT-2 BPE files not found in {BPE_DIR}: the checkout is incomplete")
     return BPE_DIR
 
 
@@ -64,19 +54,34 @@ def tiktoken_cache(bpe_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         os.environ["TIKTOKEN_CACHE_DIR"] = old
 
 
-def random_model(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
-    """A GPT2 with random weights, biases and LayerNorm parameters included (so none is a no-op)."""
-    torch.manual_seed(seed)
-    model = GPT2(config)
+def randomize_parameters(model: torch.nn.Module, *, bias_std: float, weight_std: float) -> torch.nn.Module:
+    """Every parameter random, biases and LayerNorm gains included (so none is a no-op)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
-                p.copy_(0.02 * torch.randn_like(p))
+                p.copy_(bias_std * torch.randn_like(p))
             else:
-                p.normal_(0.0, std)
+                p.normal_(0.0, weight_std)
     return model.eval()
+
+
+def random_model(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2:
+    """A GPT2 with random weights, biases and LayerNorm parameters included."""
+    torch.manual_seed(seed)
+    return randomize_parameters(GPT2(config), bias_std=0.02, weight_std=std)
+
+
+def random_hf_model(seed: int, tied: bool = True, **dims):
+    """Hugging Face transformers' GPT-2 (the independent reference) with every parameter random: HF
+    initialises LayerNorms to 1/0 and biases to 0, which would hide mistakes in mapping them."""
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = HFConfig(**dims, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied)
+    return randomize_parameters(GPT2LMHeadModel(cfg), bias_std=0.05, weight_std=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from app_server import serve, shared_weights_dir
+from playwright.sync_api import expect
 
 import app
 
@@ -31,14 +31,50 @@ def launch_browser(pw):
     return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+# Waits are on states the page reaches (text changed, element visible, status says so), with generous
+# limits: on a busy machine everything is slower, but a state that never comes still fails the test.
+STATE_TIMEOUT_MS = 120_000
+OUTPUT = "#output textarea"
+
+
 def output_text(page) -> str:
-    return page.input_value("#output textarea")
+    return page.input_value(OUTPUT)
+
+
+def wait_for_new_output(page, previous: str) -> str:
+    """The output's next value after `previous` (once it holds more than the prompt)."""
+    page.wait_for_function(
+        """([sel, prompt, prev]) => {
+            const v = document.querySelector(sel)?.value ?? "";
+            return v.length > prompt.length && v.startsWith(prompt) && v !== prev;
+        }""",
+        arg=[OUTPUT, PROMPT, previous],
+        timeout=STATE_TIMEOUT_MS,
+    )
+    return output_text(page)
+
+
+def wait_for_quiet_output(page, quiet_ms: int) -> str:
+    """The output once it has not changed for `quiet_ms` (updates already on their way have landed)."""
+    page.wait_for_function(
+        """([sel, quiet]) => {
+            const v = document.querySelector(sel)?.value ?? "";
+            const now = performance.now();
+            if (window.__lastOutput !== v) { window.__lastOutput = v; window.__changedAt = now; }
+            return now - window.__changedAt >= quiet;
+        }""",
+        arg=[OUTPUT, quiet_ms],
+        polling=50,
+        timeout=STATE_TIMEOUT_MS,
+    )
+    return output_text(page)
 
 
 def set_slider(page, elem_id: str, value: int | float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+    expect(box).to_have_value(str(value), timeout=STATE_TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -59,36 +95,32 @@ def test_browser_streams_colours_tokens_and_stops(url):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
-            page.wait_for_selector("#generate")
+            expect(page.locator("#generate")).to_be_enabled(timeout=STATE_TIMEOUT_MS)
             page.fill("#prompt textarea", PROMPT)
             set_slider(page, "max_new_tokens", 1024)  # long enough that Stop has something to stop
             page.click("#generate")
 
             # The text grows in several steps while coloured tokens appear beside it.
             seen: list[str] = []
-            coloured = 0
-            deadline = time.monotonic() + 60
-            while len(seen) < 4 and time.monotonic() < deadline:
-                text = output_text(page)
-                if text.startswith(PROMPT) and len(text) > len(PROMPT) and (not seen or text != seen[-1]):
-                    seen.append(text)
-                    coloured = max(coloured, page.locator("#tokens span.tok.gen").count())
-                time.sleep(0.03)
-            assert len(seen) >= 3, f"output did not grow in steps: {seen}"
+            statuses: list[str] = []
+            for _ in range(4):
+                seen.append(wait_for_new_output(page, seen[-1] if seen else ""))
+                statuses.append(page.inner_text("#status"))
             for a, b in zip(seen, seen[1:]):
-                assert b.startswith(a) and len(b) > len(a)
-            assert coloured >= 1
-            style = page.locator("#tokens span.tok.gen").first.get_attribute("style")
-            assert "hsla(" in style  # coloured by probability
-            assert "generating" in page.inner_text("#status")
-            page.locator("#tokens span.tok.gen").nth(1).hover()  # shows the alternatives
-            assert page.locator("#tokens span.tok.gen").nth(1).locator(".tip").is_visible()
+                assert b.startswith(a) and len(b) > len(a), (a, b)
+            assert "generating" in statuses[0], statuses  # it was still running while the text grew
+            tokens = page.locator("#tokens span.tok.gen")
+            expect(tokens.nth(1)).to_be_attached(timeout=STATE_TIMEOUT_MS)
+            assert "hsla(" in tokens.first.get_attribute("style")  # coloured by probability
+            tokens.nth(1).hover()  # shows the alternatives
+            expect(tokens.nth(1).locator(".tip")).to_be_visible(timeout=STATE_TIMEOUT_MS)
             page.screenshot(path=str(ARTIFACTS / "browser-streaming.png"))
 
             page.click("#stop")
-            time.sleep(1.0)
-            after_stop = output_text(page)
-            time.sleep(1.0)
+            # Updates came ~15 times a second before Stop: wait until they stop (an update already on
+            # its way may still land), then a negative check, which needs a window of time to watch.
+            after_stop = wait_for_quiet_output(page, quiet_ms=1000)
+            page.wait_for_timeout(2000)
             assert output_text(page) == after_stop, "text kept growing after Stop"
             assert "finished (length)" not in page.inner_text("#status")
             assert len(after_stop) >= len(seen[-1])
@@ -107,16 +139,15 @@ def take_screenshot(weights: str, out: str, tokens: int = 60, hover: int = 8) ->
         browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1360, "height": 860})
         page.goto(url)
-        page.wait_for_selector("#generate")
+        expect(page.locator("#generate")).to_be_enabled(timeout=STATE_TIMEOUT_MS)
         page.fill("#prompt textarea", PROMPT)
         set_slider(page, "max_new_tokens", tokens)
         page.fill("#seed textarea, #seed input", "42")
         page.click("#generate")
-        page.wait_for_function(
-            "document.querySelector('#status').innerText.includes('finished')", timeout=120_000
-        )
-        page.locator("#tokens span.tok.gen").nth(hover).hover()
-        time.sleep(0.3)
+        expect(page.locator("#status")).to_contain_text("finished", timeout=STATE_TIMEOUT_MS)
+        token = page.locator("#tokens span.tok.gen").nth(hover)
+        token.hover()
+        expect(token.locator(".tip")).to_be_visible(timeout=STATE_TIMEOUT_MS)
         page.screenshot(path=out)
         browser.close()
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from conftest import random_hf_model
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
 from convert.__main__ import main
@@ -18,18 +18,7 @@ DIMS = dict(vocab_size=50257, n_positions=96, n_embd=64, n_head=4, n_layer=6)  #
 
 
 def hf_model(seed: int, tied: bool = True) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = HFConfig(**DIMS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied)
-    model = GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():  # HF initialises LayerNorms to 1/0 and biases to 0: make every parameter count
-        for name, p in model.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.1)
-    return model
+    return random_hf_model(seed, tied, **DIMS)
 
 
 def _compare(path, hf: GPT2LMHeadModel):
@@ -56,7 +45,8 @@ def test_save_pretrained_folder_round_trip(tmp_path, tied, capsys):
     if not tied:
         assert torch.equal(model.lm_head.weight, hf.lm_head.weight)
     assert read_metadata(out / "gpt2-distil.safetensors")["name"] == "distil"
-    assert "tiktoken's cache" in capsys.readouterr().out  # no --bpe-dir: the summary says what the app needs
+    # No --bpe-dir: the package's own copy of the tokenizer files goes beside the model.
+    assert {p.name for p in out.iterdir()} == {"gpt2-distil.safetensors", "encoder.json", "vocab.bpe"}
 
 
 def test_pytorch_model_bin_with_old_buffers(tmp_path, bpe_dir):

@@ -8,7 +8,7 @@ import pytest
 import tiktoken
 
 from gpt2 import load_tokenizer
-from gpt2.tokenizer import verify_bpe_files
+from gpt2.tokenizer import PACKAGED_BPE_DIR, verify_bpe_files
 
 TEXTS = [
     "Every effort moves you",
@@ -62,9 +62,25 @@ def test_rejects_wrong_files(bpe_dir, tmp_path):
         load_tokenizer(tmp_path)
 
 
-def test_env_dir_is_used(bpe_dir, monkeypatch):
-    monkeypatch.setenv("GPT2_BPE_DIR", str(bpe_dir))
-    assert load_tokenizer().source == str(bpe_dir)
+def test_packaged_files_need_no_network_nor_weights(monkeypatch, tmp_path):
+    """No argument, no env: the copy inside the package, whatever the working directory holds."""
+    monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))  # a download could not hide here
+    monkeypatch.chdir(tmp_path)
+    tok = load_tokenizer()
+    assert tok.source == str(PACKAGED_BPE_DIR)
+    assert tok.encode("Every effort moves you") == [6109, 3626, 6100, 345]
+    verify_bpe_files(PACKAGED_BPE_DIR)
+
+
+def test_env_dir_is_used(bpe_dir, tmp_path, monkeypatch):
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(bpe_dir / name, tmp_path / name)
+    monkeypatch.setenv("GPT2_BPE_DIR", str(tmp_path))
+    assert load_tokenizer().source == str(tmp_path)
+    (tmp_path / "vocab.bpe").unlink()  # an explicit choice that is wrong is an error, not a silent fallback
+    with pytest.raises(ValueError, match="vocab.bpe is missing"):
+        load_tokenizer()
 
 
 def test_non_string_is_a_clear_error(tokenizer):
