@@ -94,6 +94,7 @@ def test_browser_streams_colours_tokens_and_stops(url):
         browser = launch_browser(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(STATE_TIMEOUT_MS)  # clicks too: a busy renderer answers late
             page.goto(url)
             expect(page.locator("#generate")).to_be_enabled(timeout=STATE_TIMEOUT_MS)
             page.fill("#prompt textarea", PROMPT)
@@ -138,6 +139,7 @@ def take_screenshot(weights: str, out: str, tokens: int = 60, hover: int = 8) ->
     with serve(demo) as url, sync_playwright() as pw:
         browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page.set_default_timeout(STATE_TIMEOUT_MS)
         page.goto(url)
         expect(page.locator("#generate")).to_be_enabled(timeout=STATE_TIMEOUT_MS)
         page.fill("#prompt textarea", PROMPT)
