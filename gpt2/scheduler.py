@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class _Job:
     score_prompt: bool
     out: queue.Queue = field(default_factory=queue.Queue)  # (sample, Step) | BaseException
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)  # finished, failed or cancelled
     seqs: list[Sequence] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     done: bool = False
@@ -94,12 +96,17 @@ class RequestStream(Iterator[Step]):
             self._finished = self._open == 0
         return item
 
-    def drain(self) -> list[Step]:
-        """Every step ready now, waiting for the first (empty once the stream has ended). A consumer that
-        renders updates at its own pace takes what accumulated in one call instead of waking per token."""
+    def drain(self, until: float | None = None) -> list[Step]:
+        """The steps ready by `until` (a `time.perf_counter()` instant; or now), waiting for at least one
+        (empty once the stream has ended). A consumer that renders updates at its own pace takes what
+        accumulated in one call instead of waking for every token; the request ending wakes it early."""
         if self._finished:
             return []
         steps = [next(self)]
+        if until is not None and not self._finished:
+            wait = until - time.perf_counter()
+            if wait > 0:
+                self._job.ended.wait(wait)
         while not self._finished:
             try:
                 item = self._job.out.get_nowait()
@@ -219,6 +226,7 @@ class BatchScheduler:
 
     def _cancel(self, job: _Job) -> None:
         job.cancelled.set()
+        job.ended.set()
         with self._cond:
             self._cond.notify()
 
@@ -247,6 +255,7 @@ class BatchScheduler:
         with self._cond:
             for job in [*self._active, *self._waiting]:
                 job.out.put(RuntimeError("the scheduler was closed"))
+                job.ended.set()
             self._active.clear()
             self._waiting.clear()
 
@@ -280,6 +289,7 @@ class BatchScheduler:
 
     def _release(self, job: _Job) -> None:
         job.done = True
+        job.ended.set()
         if job in self._active:
             self._active.remove(job)
             self._free.extend(job.slots)

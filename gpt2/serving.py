@@ -401,13 +401,10 @@ def _paced(steps: Iterator[Step], due: list[float]) -> Iterator[Step]:
         yield from steps
         return
     while True:
-        batch = drain()
+        batch = drain(due[0])
         if not batch:
             return
         yield from batch
-        wait = due[0] - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
 
 
 def _round_robin(iterators: list[Iterator[Step]]) -> Iterator[Step]:
