@@ -45,12 +45,18 @@ INT8_GEMV_MAX_ROWS = 16
 NATIVE_PROMPT_MAX = {"fp32": 32, "bf16": 24, "int8": 128}
 
 
-def bf16_supported() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512-BF16 or AMX), so bf16 is actually fast."""
+def _torch_bf16() -> bool:
+    """True where torch's CPU kernels have native bf16 dot products (AVX512-BF16 or AMX)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def bf16_supported() -> bool:
+    """True where the bf16 and int8 modes run at speed: the native engine runs both (any CPU with AVX2 +
+    FMA or AVX-512, and a C compiler), or torch has native bf16 dot products (AVX512-BF16 or AMX)."""
+    return (native_engine.available("bf16") and native_engine.available("int8")) or _torch_bf16()
 
 
 def _onednn_available() -> bool:
@@ -58,12 +64,16 @@ def _onednn_available() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """Validate a precision name; bf16/int8 fall back to fp32 (with a warning) where bf16 is not native."""
+    """Validate a precision name. bf16/int8 are used where they run at speed (`bf16_supported`); elsewhere
+    torch would only emulate bf16, slower than fp32, so they fall back to fp32 with a RuntimeWarning that
+    says why (Python shows it once per calling line)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "fp32" and not bf16_supported():
+        why = native_engine.unavailable_reason(precision) or "not available"
         warnings.warn(
-            f"precision {precision!r} needs native bf16 (avx512_bf16/AMX), which this CPU lacks; using fp32",
+            f"precision {precision!r} needs the native engine (here: {why}) or native bf16 in torch "
+            "(avx512_bf16/AMX), which this CPU lacks; using fp32",
             RuntimeWarning,
             stacklevel=2,
         )
