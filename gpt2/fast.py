@@ -107,7 +107,10 @@ class PackedLinear:
             self.weight = codes.to(torch.int8).contiguous()
         else:
             w = weight.to(_DTYPES[precision]).contiguous()
-            self.onednn = w.device.type == "cpu" and _onednn_available()
+            # oneDNN's bf16 matmul exists only where the CPU has bf16 dot products; elsewhere (bf16 served
+            # by the native engine on AVX2) the rare torch-side bf16 matmul is F.linear's.
+            native_dtype = precision == "fp32" or _torch_bf16()
+            self.onednn = w.device.type == "cpu" and _onednn_available() and native_dtype
             # Prepacked, the batch-size hint (1) picks oneDNN's blocked layout for one-row decoding. When
             # the native engine decodes, the weight stays row-major (it reads that layout, and oneDNN's
             # many-row GEMM for prompts is as fast on it), so one copy serves both.
