@@ -34,36 +34,7 @@ class Engine:
             raise RuntimeError(f"the native decode engine cannot run this model: {reason}")
         self.precision = model.precision
         self.prompt_max = PROMPT_MAX[self.precision]
-
-        def linear(module: torch.nn.Module) -> tuple:
-            scale = getattr(module, "scale", None)
-            bias = None if module.bias is None else module.bias.detach().float().contiguous()
-            return (module.weight.detach().contiguous(), scale, bias)
-
-        def norm(ln: torch.nn.Module) -> tuple:
-            return (ln.weight.detach().float().contiguous(), ln.bias.detach().float().contiguous())
-
-        layers = [
-            dict(
-                attn=linear(b.attn.c_attn),
-                proj=linear(b.attn.c_proj),
-                fc=linear(b.mlp.c_fc),
-                mlp=linear(b.mlp.c_proj),
-                ln_1=norm(b.ln_1),
-                ln_2=norm(b.ln_2),
-            )
-            for b in model.h
-        ]
-        head = (model.wte.weight.detach(), None, None) if model.lm_head is None else linear(model.lm_head)
-        self.native = native.NativeModel(
-            self.precision,
-            model.config,
-            model.wte.weight.detach(),
-            model.wpe.weight.detach(),
-            layers,
-            norm(model.ln_f),
-            head,
-        )
+        self.native = native.NativeModel(self.precision, model.config, **native_spec(model))
 
     def takes(self, n: int, slots: torch.Tensor) -> bool:
         """Whether the engine should run a step of `n` tokens: a prompt up to `prompt_max`, or one token
@@ -79,6 +50,38 @@ class Engine:
         logits_from: int,
     ) -> torch.Tensor:
         return self.native.forward(tokens, positions, slots, cache.k, cache.v, logits_from=logits_from)
+
+
+def native_spec(model: GPT2) -> dict:
+    """`native.NativeModel`'s tensors for `model`: its own weights (row-major `[out, in]`, in the storage
+    of its precision, int8 with per-row scales), fp32 vectors — views, not copies."""
+
+    def linear(module: torch.nn.Module) -> tuple:
+        bias = None if module.bias is None else module.bias.detach().float().contiguous()
+        return (module.weight.detach().contiguous(), getattr(module, "scale", None), bias)
+
+    def norm(ln: torch.nn.Module) -> tuple:
+        return (ln.weight.detach().float().contiguous(), ln.bias.detach().float().contiguous())
+
+    layers = [
+        dict(
+            attn=linear(b.attn.c_attn),
+            proj=linear(b.attn.c_proj),
+            fc=linear(b.mlp.c_fc),
+            mlp=linear(b.mlp.c_proj),
+            ln_1=norm(b.ln_1),
+            ln_2=norm(b.ln_2),
+        )
+        for b in model.h
+    ]
+    head = (model.wte.weight.detach(), None, None) if model.lm_head is None else linear(model.lm_head)
+    return dict(
+        wte=model.wte.weight.detach(),
+        wpe=model.wpe.weight.detach(),
+        layers=layers,
+        ln_f=norm(model.ln_f),
+        head=head,
+    )
 
 
 def unsupported_reason(model: GPT2) -> str | None:

@@ -409,5 +409,7 @@ def check_step(
         if hi >= limit:
             if what == "position":
                 raise ValueError(f"tokens up to position {hi} do not fit the cache of {limit} positions")
-            raise ValueError(f"{what} {hi} is out of range (must be below {limit})")
+            raise ValueError(
+                f"{what} {hi} is out of range (below {limit}: the cache's slots / the vocabulary)"
+            )
     return n

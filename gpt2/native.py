@@ -3,9 +3,14 @@
 `FastGPT2` uses it for decode steps (and short prompts) when it is available; everything else, and any
 machine where it is not, keeps the PyTorch path. It is built with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a per-user cache keyed by the source, the flags and the CPU, in
-about a second, once. On AVX-512 it serves fp32, bf16 (with AVX512-BF16) and int8 (with AVX512-VNNI);
-on AVX2 + FMA, fp32. Nothing here is required: no compiler, an older CPU, or `GPT2_NATIVE=0` in the
-environment all mean `available()` is False and the reason is in `unavailable_reason()`.
+about a second, once. On AVX-512 (F/BW/VL/DQ) and on AVX2 + FMA it serves fp32, bf16 and int8 (see the
+top of decode.c for the kernels). Nothing here is required: no compiler, an older CPU, or `GPT2_NATIVE=0`
+in the environment all mean `available()` is False and the reason is in `unavailable_reason()`.
+
+The boundary is checked on both sides: the library must report this module's ABI version, struct sizes
+and only CPU extensions this CPU has before anything else is called; `NativeModel` checks every weight's
+shape and dtype against the config once, and every call's tensors (lengths, dtypes, devices, layouts,
+index ranges) before crossing into C, which checks them again and answers with a code (`ERRORS`).
 
 The library links the same `libgomp.so.1` that torch has already loaded, so its OpenMP threads are
 torch's own pool, not a second one competing for the cores. ctypes releases the GIL during the call.
@@ -40,6 +45,40 @@ def _flags() -> list[str]:
 
 PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
 _FEATURE_BITS = {"fp32": 1, "bf16": 2, "int8": 4}
+# The storage dtype of a linear layer's weight in each precision (row-major [out, in]).
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+# decode.c's GPT2_ABI_VERSION: the structs below, the entry points and the error codes. A library that
+# reports another number is never called (a stale build, or a source edited without updating this).
+ABI_VERSION = 2
+# gpt2_required_isa()'s bits, as /proc/cpuinfo names the extensions.
+_ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512vbmi",
+    "avx512_fp16",
+)
+# gpt2_forward's return codes (GPT2_E_* in decode.c).
+ERRORS = {
+    -1: "a required pointer was NULL",
+    -2: "the model's sizes are not ones the engine runs (n_embd a multiple of 64, head_dim 16/32/48/64)",
+    -3: "a weight's shape does not match the model",
+    -4: "the precision is unknown or not built for this CPU",
+    -5: "the token count is below 1 or logits_from is outside [0, n]",
+    -6: "the cache's shape or strides do not fit the model",
+    -7: "a token id is outside the vocabulary",
+    -8: "a position is outside the cache or the model's context",
+    -9: "a cache slot is outside the cache",
+    -10: "out of memory for the step's scratch buffers",
+}
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -75,6 +114,7 @@ class _Model(ctypes.Structure):
         ("n_embd", ctypes.c_int64),
         ("n_head", ctypes.c_int64),
         ("n_vocab", ctypes.c_int64),
+        ("n_ctx", ctypes.c_int64),
         ("precision", ctypes.c_int64),
         ("wte", ctypes.c_void_p),
         ("wpe", ctypes.c_void_p),
@@ -92,9 +132,26 @@ class _Cache(ctypes.Structure):
         ("layer_stride", ctypes.c_int64),
         ("slot_stride", ctypes.c_int64),
         ("head_stride", ctypes.c_int64),
-        ("max_len", ctypes.c_int64),
+        ("n_layer", ctypes.c_int64),
         ("n_slots", ctypes.c_int64),
+        ("n_head", ctypes.c_int64),
+        ("max_len", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
     ]
+
+
+_STRUCTS = (_Linear, _Layer, _Model, _Cache)  # in gpt2_struct_size's order
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's extension flags as /proc/cpuinfo lists them (None where there is no such file)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
 
 
 def _cpu_signature() -> str:
@@ -151,6 +208,57 @@ def _build(compiler: str) -> Path:
     raise RuntimeError(f"no private writable cache folder for the native library (tried {_cache_dir()})")
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    """Give every entry point its C signature (ctypes would otherwise assume int everywhere)."""
+    for name, restype in (
+        ("gpt2_abi_version", ctypes.c_int),
+        ("gpt2_isa", ctypes.c_int),
+        ("gpt2_features", ctypes.c_int),
+        ("gpt2_required_isa", ctypes.c_int64),
+    ):
+        getattr(lib, name).restype = restype
+        getattr(lib, name).argtypes = []
+    lib.gpt2_struct_size.restype = ctypes.c_int64
+    lib.gpt2_struct_size.argtypes = [ctypes.c_int]
+    lib.gpt2_forward.restype = ctypes.c_int
+    lib.gpt2_forward.argtypes = [
+        ctypes.POINTER(_Model),
+        ctypes.POINTER(_Cache),
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+
+
+def _check_library(lib: ctypes.CDLL) -> None:
+    """Refuse (RuntimeError with the reason) a library this module must not call: another ABI, structs
+    of other sizes, or instructions this CPU lacks (a GPT2_NATIVE_MARCH build for another machine)."""
+    if not hasattr(lib, "gpt2_abi_version"):
+        raise RuntimeError(f"the library predates the ABI check (this module needs ABI {ABI_VERSION})")
+    _declare(lib)
+    version = lib.gpt2_abi_version()
+    if version != ABI_VERSION:
+        raise RuntimeError(f"the library has ABI {version}, this module expects {ABI_VERSION}")
+    for i, struct in enumerate(_STRUCTS):
+        size = lib.gpt2_struct_size(i)
+        if size != ctypes.sizeof(struct):
+            name = struct.__name__.lstrip("_")
+            raise RuntimeError(f"struct {name} is {size} bytes in C, {ctypes.sizeof(struct)} in Python")
+    flags = cpu_flags()
+    required = lib.gpt2_required_isa()
+    needs = [name for bit, name in enumerate(_ISA_FLAGS) if required >> bit & 1]
+    missing = [name for name in needs if flags is not None and name not in flags]
+    if missing:
+        march = os.environ.get(MARCH_ENV, "native")
+        raise RuntimeError(f"built with -march={march} for {', '.join(missing)}, which this CPU lacks")
+    if lib.gpt2_features() == 0:
+        raise RuntimeError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 with FMA")
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _reason
     with _lock:
@@ -165,25 +273,25 @@ def _load() -> ctypes.CDLL | None:
             if not compiler:
                 raise RuntimeError("no C compiler (cc/gcc) on PATH")
             lib = ctypes.CDLL(str(_build(compiler)))
-            lib.gpt2_features.restype = ctypes.c_int
-            lib.gpt2_forward.restype = ctypes.c_int
-            lib.gpt2_forward.argtypes = [
-                ctypes.POINTER(_Model),
-                ctypes.POINTER(_Cache),
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int,
-            ]
-            if lib.gpt2_features() == 0:
-                raise RuntimeError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 with FMA")
+            _check_library(lib)
             _lib = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _reason = str(e)
         return _lib
+
+
+def build_info() -> dict | None:
+    """What the loaded library was built for: vector width in bits and the CPU extensions it uses
+    (None where it is unavailable)."""
+    lib = _load()
+    if lib is None:
+        return None
+    required = lib.gpt2_required_isa()
+    return {
+        "isa": lib.gpt2_isa(),
+        "extensions": [name for bit, name in enumerate(_ISA_FLAGS) if required >> bit & 1],
+        "abi": lib.gpt2_abi_version(),
+    }
 
 
 def available(precision: str = "fp32") -> bool:
@@ -198,13 +306,42 @@ def unavailable_reason(precision: str = "fp32") -> str | None:
     if lib is None:
         return _reason
     if not lib.gpt2_features() & _FEATURE_BITS[precision]:
-        needs = {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}.get(precision, "AVX-512 or AVX2")
-        return f"{precision} needs {needs}, which this build lacks"
+        return f"the native engine was built without {precision} kernels"
     return None
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _check_tensor(name: str, t, shape: tuple, dtype: torch.dtype) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"native {name} must be a tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"native {name} must be on the CPU, got {t.device}")
+    if t.dtype != dtype:
+        raise ValueError(f"native {name} must be {dtype}, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"native {name} must have shape {shape}, got {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"native {name} must be contiguous")
+
+
+def _index_tensor(name: str, t, n: int | None) -> torch.Tensor:
+    """A 1-D integer tensor on the CPU (int64, or widened to it exactly), of length n if given."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"native {name} must be a tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"native {name} must be on the CPU, got {t.device}")
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+        raise ValueError(f"native {name} must be an integer tensor (int64), got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] < 1:
+        raise ValueError(f"native {name} must be 1-D with at least one entry, got shape {tuple(t.shape)}")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"native {name} has {t.shape[0]} entries, tokens have {n}")
+    return t.to(torch.int64).contiguous()
+
+
+def _check_range(name: str, t: torch.Tensor, end: int, what: str) -> None:
+    low, high = int(t.min()), int(t.max())
+    if low < 0 or high >= end:
+        raise ValueError(f"native {name} must lie in [0, {end}) ({what}), got {low}..{high}")
 
 
 class NativeModel:
@@ -213,6 +350,7 @@ class NativeModel:
     `linears` are `(weight, scale, bias)` triples per layer in the order attn, proj, fc, mlp; weights are
     row-major `[out, in]` contiguous tensors in the precision's storage dtype (fp32, bf16, int8 with fp32
     per-row scales). The tensors must stay alive as long as this object: it keeps references to them.
+    Every shape and dtype is checked here against `config`, so a call can only fail on its own arguments.
     """
 
     def __init__(
@@ -225,53 +363,92 @@ class NativeModel:
         ln_f: tuple[torch.Tensor, torch.Tensor],
         head: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
     ) -> None:
+        if precision not in PRECISION_CODES:
+            raise ValueError(
+                f"native precision must be one of {', '.join(PRECISION_CODES)}, got {precision!r}"
+            )
         lib = _load()
         if lib is None or not available(precision):
             raise RuntimeError(f"native engine unavailable: {unavailable_reason(precision)}")
+        C, nh = config.n_embd, config.n_head
+        if C % 64 or C % nh or C // nh not in (16, 32, 48, 64):
+            raise ValueError(
+                f"native engine needs n_embd a multiple of 64 and head_dim 16/32/48/64, got {config}"
+            )
+        if len(layers) != config.n_layer:
+            raise ValueError(f"native model has {len(layers)} layers, its config says {config.n_layer}")
         self._lib = lib
         self.config = config
         self._keep: list[torch.Tensor] = []
+        f32 = torch.float32
 
-        def keep(t: torch.Tensor | None) -> int | None:
-            if t is None:
-                return None
-            if not t.is_contiguous() or t.device.type != "cpu":
-                raise ValueError("native weights must be contiguous CPU tensors")
+        def keep(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype = f32) -> int:
+            _check_tensor(name, t, shape, dtype)
             self._keep.append(t)
-            return _ptr(t)
+            return t.data_ptr()
 
-        def linear(w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None) -> _Linear:
-            if scale is not None and scale.dtype != torch.float32:
-                raise ValueError("native int8 scales must be fp32")
-            if bias is not None and bias.dtype != torch.float32:
-                raise ValueError("native biases must be fp32")
-            return _Linear(keep(w), keep(scale), keep(bias), w.shape[0], w.shape[1])
+        def linear(name: str, triple: tuple, out: int, in_: int) -> _Linear:
+            w, scale, bias = triple
+            w_ptr = keep(f"{name} weight", w, (out, in_), WEIGHT_DTYPES[precision])
+            if (scale is None) != (precision != "int8"):
+                raise ValueError(f"native {name}: int8 weights need per-row fp32 scales, others none")
+            s_ptr = None if scale is None else keep(f"{name} scale", scale, (out,))
+            b_ptr = None if bias is None else keep(f"{name} bias", bias, (out,))
+            return _Linear(w_ptr, s_ptr, b_ptr, out, in_)
 
+        # The MLP's width (4 C in GPT-2), taken from the first fc weight; every layer is checked against it.
+        fc_w = layers[0]["fc"][0] if layers else None
+        inner = fc_w.shape[0] if isinstance(fc_w, torch.Tensor) and fc_w.dim() == 2 else 4 * C
+        if inner % 64:
+            raise ValueError(f"native engine needs the MLP width to be a multiple of 64, got {inner}")
         self._layers = (_Layer * len(layers))()
         for i, d in enumerate(layers):
+            ln_1, ln_2 = d["ln_1"], d["ln_2"]
             self._layers[i] = _Layer(
-                keep(d["ln_1"][0]),
-                keep(d["ln_1"][1]),
-                keep(d["ln_2"][0]),
-                keep(d["ln_2"][1]),
-                linear(*d["attn"]),
-                linear(*d["proj"]),
-                linear(*d["fc"]),
-                linear(*d["mlp"]),
+                keep(f"h.{i}.ln_1 weight", ln_1[0], (C,)),
+                keep(f"h.{i}.ln_1 bias", ln_1[1], (C,)),
+                keep(f"h.{i}.ln_2 weight", ln_2[0], (C,)),
+                keep(f"h.{i}.ln_2 bias", ln_2[1], (C,)),
+                linear(f"h.{i}.attn", d["attn"], 3 * C, C),
+                linear(f"h.{i}.proj", d["proj"], C, C),
+                linear(f"h.{i}.fc", d["fc"], inner, C),
+                linear(f"h.{i}.mlp", d["mlp"], C, inner),
             )
         self._model = _Model(
             config.n_layer,
-            config.n_embd,
-            config.n_head,
+            C,
+            nh,
             config.n_vocab,
+            config.n_ctx,
             PRECISION_CODES[precision],
-            keep(wte),
-            keep(wpe),
-            keep(ln_f[0]),
-            keep(ln_f[1]),
-            linear(*head),
+            keep("wte", wte, (config.n_vocab, C)),
+            keep("wpe", wpe, (config.n_ctx, C)),
+            keep("ln_f weight", ln_f[0], (C,)),
+            keep("ln_f bias", ln_f[1], (C,)),
+            linear("head", head, config.n_vocab, C),
             self._layers,
         )
+
+    def _cache(self, k: torch.Tensor, v: torch.Tensor) -> _Cache:
+        """The C view of a KV cache, after checking it is one for this model."""
+        c = self.config
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != torch.float32:
+                raise ValueError(f"native decoding needs fp32 CPU caches; {name} is not one")
+            if t.dim() != 5 or (t.shape[0], t.shape[2], t.shape[4]) != (c.n_layer, c.n_head, c.head_dim):
+                want = f"({c.n_layer}, slots, {c.n_head}, max_len, {c.head_dim})"
+                raise ValueError(f"native cache {name} must have shape {want}, got {tuple(t.shape)}")
+        if k.shape != v.shape or k.stride() != v.stride():
+            raise ValueError("native caches k and v must have the same shape and strides")
+        layer, slot, head, pos, dim = k.stride()
+        L, S, H, T, D = k.shape
+        # Each position one contiguous head_dim vector, and (layer, slot, head) blocks that never overlap:
+        # the layouts of a KVCache and of any slot range of one.
+        if dim != 1 or pos != D or head < T * D or slot < H * head or layer < S * slot or T < 1 or S < 1:
+            raise ValueError(
+                f"native caches need a (layer, slot, head, position)-ordered layout, got strides {k.stride()}"
+            )
+        return _Cache(k.data_ptr(), v.data_ptr(), layer, slot, head, L, S, H, T, D)
 
     def forward(
         self,
@@ -284,17 +461,19 @@ class NativeModel:
     ) -> torch.Tensor:
         """Run tokens (each at its position, in its cache slot) through the model, writing their keys and
         values into `k`/`v` (`(n_layer, slots, n_head, max_len, head_dim)` fp32, or a slot view of one);
-        logits `(n - logits_from, n_vocab)` fp32 for tokens `logits_from` onwards."""
+        logits `(n - logits_from, n_vocab)` fp32 for tokens `logits_from` onwards. Every argument is
+        checked first: anything the engine cannot take is a ValueError saying what, and nothing runs."""
+        tokens = _index_tensor("tokens", tokens, None)
         n = tokens.shape[0]
-        tokens = tokens.to(torch.int64).contiguous()
-        positions = positions.to(torch.int64).contiguous()
-        slots = slots.to(torch.int64).contiguous()
-        if k.dtype != torch.float32 or k.stride() != v.stride() or k.stride(-1) != 1:
-            raise ValueError("native decoding needs fp32 caches whose last dimension is contiguous")
-        if k.stride(3) != k.shape[4]:
-            raise ValueError("native decoding needs each cached position stored as one head_dim vector")
-        strides = k.stride(0), k.stride(1), k.stride(2)
-        cache = _Cache(k.data_ptr(), v.data_ptr(), *strides, k.shape[3], k.shape[1])
+        positions = _index_tensor("positions", positions, n)
+        slots = _index_tensor("slots", slots, n)
+        if isinstance(logits_from, bool) or not isinstance(logits_from, int) or not 0 <= logits_from <= n:
+            raise ValueError(f"native logits_from must be an int in [0, {n}], got {logits_from!r}")
+        cache = self._cache(k, v)
+        _check_range("tokens", tokens, self.config.n_vocab, "the vocabulary")
+        max_pos = min(cache.max_len, self.config.n_ctx)
+        _check_range("positions", positions, max_pos, "the cache length and the model's context")
+        _check_range("slots", slots, cache.n_slots, "the cache's slots")
         logits = torch.empty(n - logits_from, self.config.n_vocab, dtype=torch.float32)
         rc = self._lib.gpt2_forward(
             ctypes.byref(self._model),
@@ -305,8 +484,10 @@ class NativeModel:
             slots.data_ptr(),
             logits_from,
             logits.data_ptr() if logits.numel() else None,
-            torch.get_num_threads(),
+            max(1, torch.get_num_threads()),
         )
         if rc != 0:
-            raise ValueError(f"native forward refused its arguments (code {rc})")
+            raise ValueError(
+                f"native forward refused its arguments: {ERRORS.get(rc, 'unknown error')} (code {rc})"
+            )
         return logits

@@ -12,8 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.decode import COLUMNS, LABELS, VARIANTS
 from gpt2.fast import bf16_supported
+
+from benchmarks.decode import COLUMNS, LABELS, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

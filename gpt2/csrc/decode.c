@@ -12,14 +12,19 @@
  * tanh-GELU, scaled dot-product attention with a causal view of the cache, tied or untied head.
  * Weights are row-major [out, in] (the layout torch's own matmuls use too, so one copy serves both):
  *   fp32  float weights, fp32 activations;
- *   bf16  bf16 weights; each activation is split into two bf16 parts (hi + lo) so the products keep
- *         ~16 bits of the activation: only the weights are rounded;
+ *   bf16  bf16 weights (uint16 bits). Widened to fp32 in registers (a bf16 is the top half of an fp32)
+ *         and multiplied with fp32 activations: only the weights are rounded, and it costs nothing in a
+ *         loop that waits on memory. CPUs with AVX512-BF16 use vdpbf16ps instead, with each activation
+ *         split into two bf16 parts (hi + lo) so the products still keep ~16 bits of the activation;
  *   int8  int8 weights with one fp32 scale per output row; activations become 16-bit integers with one
- *         scale per group of 64 values (finer than bf16's 8-bit mantissa), so only weights are coarse.
+ *         scale per group of 64 values (finer than bf16's 8-bit mantissa), so only weights are coarse;
+ *         int16 x int16 pair products (vpmaddwd, or vpdpwssd with VNNI) summed exactly in int32 lanes.
  * The residual stream, LayerNorm, attention and KV cache are fp32 in every mode.
  *
- * Built at run time by gpt2/native.py with -march=native; without AVX-512 it builds a stub that reports
- * no features, and Python keeps its own path.
+ * Built at run time by gpt2/native.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 + FMA
+ * gives all three precisions; anything else builds only the entry points below, with gpt2_features()
+ * reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
+ * first, with messages): a refused call returns a negative GPT2_E_* code and touches nothing.
  */
 #include <math.h>
 #include <stddef.h>
@@ -27,8 +32,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The instruction set: AVX-512 (all three precisions, as the CPU allows) or AVX2 + FMA (fp32 only);
- * anything else builds the stub at the bottom. */
+/* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/native.py
+ * holds the same number and will not call a library that reports another. */
+#define GPT2_ABI_VERSION 2
+
+/* The instruction set the kernels are written for (AVX-512 or AVX2 + FMA); 0 builds no kernels. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define GPT2_ISA 512
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -45,6 +53,21 @@ enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
 enum { FEAT_FP32 = 1, FEAT_BF16 = 2, FEAT_INT8 = 4 };
 #define GROUP 64 /* int8 mode: activation values per 16-bit scale group; every GPT-2 width is a multiple */
 
+/* Return codes of gpt2_forward (gpt2/native.py turns each into a message). */
+enum {
+    GPT2_OK = 0,
+    GPT2_E_NULL = -1,      /* a required pointer is NULL */
+    GPT2_E_CONFIG = -2,    /* model sizes this engine does not run */
+    GPT2_E_WEIGHTS = -3,   /* a linear layer's shape does not match the model */
+    GPT2_E_PRECISION = -4, /* unknown precision, or not built for this CPU */
+    GPT2_E_COUNT = -5,     /* n < 1, or logits_from outside [0, n] */
+    GPT2_E_CACHE = -6,     /* the cache's sizes or strides do not fit the model */
+    GPT2_E_TOKEN = -7,     /* a token id outside [0, n_vocab) */
+    GPT2_E_POSITION = -8,  /* a position outside [0, min(max_len, n_ctx)) */
+    GPT2_E_SLOT = -9,      /* a slot outside [0, n_slots) */
+    GPT2_E_MEMORY = -10,   /* scratch buffers could not be allocated */
+};
+
 typedef struct {
     const void *w;      /* [out, in] row-major: float, bf16 bits (uint16) or int8 */
     const float *scale; /* int8: [out] per-row scales; else NULL */
@@ -58,8 +81,8 @@ typedef struct {
 } Layer;
 
 typedef struct {
-    int64_t n_layer, n_embd, n_head, n_vocab, precision;
-    const float *wte, *wpe, *lnf_w, *lnf_b;
+    int64_t n_layer, n_embd, n_head, n_vocab, n_ctx, precision;
+    const float *wte, *wpe, *lnf_w, *lnf_b; /* wte [n_vocab, n_embd], wpe [n_ctx, n_embd] */
     Linear head;
     const Layer *layers;
 } Model;
@@ -67,33 +90,83 @@ typedef struct {
 typedef struct {
     float *k, *v;                                   /* fp32, last dimension contiguous */
     int64_t layer_stride, slot_stride, head_stride; /* in floats; a position is head_dim floats */
-    int64_t max_len, n_slots;
+    int64_t n_layer, n_slots, n_head, max_len, head_dim; /* the shape, checked against the model */
 } Cache;
 
-int gpt2_features(void) {
-#if GPT2_ISA == 256
-    return FEAT_FP32;
-#elif GPT2_ISA == 512
-    int f = FEAT_FP32;
+int gpt2_abi_version(void) { return GPT2_ABI_VERSION; }
+
+/* sizeof of each struct above (0 Linear, 1 Layer, 2 Model, 3 Cache), checked against Python's mirrors. */
+int64_t gpt2_struct_size(int which) {
+    switch (which) {
+    case 0: return (int64_t)sizeof(Linear);
+    case 1: return (int64_t)sizeof(Layer);
+    case 2: return (int64_t)sizeof(Model);
+    case 3: return (int64_t)sizeof(Cache);
+    default: return -1;
+    }
+}
+
+/* The instruction-set extensions this build was compiled to use, one bit each (native.py names them and
+ * checks the CPU has them all before calling anything else: a library built with GPT2_NATIVE_MARCH for
+ * another CPU is refused with a reason instead of dying on an illegal instruction). */
+int64_t gpt2_required_isa(void) {
+    int64_t bits = 0;
+#if defined(__AVX2__)
+    bits |= 1 << 0;
+#endif
+#if defined(__FMA__)
+    bits |= 1 << 1;
+#endif
+#if defined(__F16C__)
+    bits |= 1 << 2;
+#endif
+#if defined(__BMI2__)
+    bits |= 1 << 3;
+#endif
+#if defined(__AVX512F__)
+    bits |= 1 << 4;
+#endif
+#if defined(__AVX512BW__)
+    bits |= 1 << 5;
+#endif
+#if defined(__AVX512VL__)
+    bits |= 1 << 6;
+#endif
+#if defined(__AVX512DQ__)
+    bits |= 1 << 7;
+#endif
 #if defined(__AVX512BF16__)
-    f |= FEAT_BF16;
+    bits |= 1 << 8;
 #endif
 #if defined(__AVX512VNNI__)
-    f |= FEAT_INT8;
+    bits |= 1 << 9;
 #endif
-    return f;
-#else
-    return 0;
+#if defined(__AVXVNNI__)
+    bits |= 1 << 10;
 #endif
+#if defined(__AVX512VBMI__)
+    bits |= 1 << 11;
+#endif
+#if defined(__AVX512FP16__)
+    bits |= 1 << 12;
+#endif
+    return bits;
 }
+
+/* Vector width in bits of the kernels (512, 256), or 0 where none were built. */
+int gpt2_isa(void) { return GPT2_ISA; }
+
+/* Every kernel build runs all three precisions (bf16 and int8 need nothing beyond AVX2 + FMA). */
+int gpt2_features(void) { return GPT2_ISA ? FEAT_FP32 | FEAT_BF16 | FEAT_INT8 : 0; }
 
 #if GPT2_ISA
 
-/* ---------------------------------------------------------------- fp32 vectors of either width
- * The fp32 path is written once over these; bf16 and int8 use AVX-512 instructions directly. */
+/* ---------------------------------------------------------------- vectors of either width
+ * Every kernel is written once over these: vf holds VL floats, vi 2*VL int16 (or VL int32) values. */
 #if GPT2_ISA == 512
 #define VL 16
 typedef __m512 vf;
+typedef __m512i vi;
 #define vload _mm512_loadu_ps
 #define vstore _mm512_storeu_ps
 #define vzero _mm512_setzero_ps
@@ -104,14 +177,33 @@ typedef __m512 vf;
 #define vdiv _mm512_div_ps
 #define vmin _mm512_min_ps
 #define vmax _mm512_max_ps
+#define vabs _mm512_abs_ps
 #define vfma _mm512_fmadd_ps   /* a * b + c */
 #define vfnma _mm512_fnmadd_ps /* c - a * b */
 #define vsum _mm512_reduce_add_ps
+#define vhmax _mm512_reduce_max_ps
 #define vround(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vpow2(p, n) _mm512_scalef_ps(p, n) /* p * 2^n */
+/* VL bf16 values (uint16 bits) as fp32: zero-extend each to 32 bits and move it to the top half. */
+#define vload_bf16(p)                                                                                        \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vizero _mm512_setzero_si512
+#define vload_i16(p) _mm512_loadu_si512((const void *)(p))                           /* 2*VL int16 */
+#define vload_i8_as_i16(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p))) /* 2*VL int8 */
+#define vcvt_i32 _mm512_cvtepi32_ps
+#if defined(__AVX512VNNI__)
+#define vdot_i16(acc, a, b) _mm512_dpwssd_epi32(acc, a, b) /* acc + a0*b0 + a1*b1 per int32 lane */
+#else
+#define vdot_i16(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
+#endif
+/* VL int32 -> VL int16 stored at p (values already within int16). */
+static inline void vstore_i32_as_i16(int16_t *p, vi c) { _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(c)); }
+#define vcvt_f32_i32 _mm512_cvtps_epi32
+#define vclamp_i32(c, lim) _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(lim)), _mm512_set1_epi32(-(lim)))
 #else
 #define VL 8
 typedef __m256 vf;
+typedef __m256i vi;
 #define vload _mm256_loadu_ps
 #define vstore _mm256_storeu_ps
 #define vzero _mm256_setzero_ps
@@ -122,6 +214,7 @@ typedef __m256 vf;
 #define vdiv _mm256_div_ps
 #define vmin _mm256_min_ps
 #define vmax _mm256_max_ps
+#define vabs(x) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
 #define vfma _mm256_fmadd_ps
 #define vfnma _mm256_fnmadd_ps
 #define vround(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
@@ -131,11 +224,33 @@ static inline float vsum(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-/* p * 2^n for integral n in [-126, 127] (exp512's clamp keeps it there): build 2^n in the exponent bits */
+static inline float vhmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* p * 2^n for integral n in [-126, 127] (vexp's clamp keeps it there): build 2^n in the exponent bits */
 static inline __m256 vpow2(__m256 p, __m256 n) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
+#define vload_bf16(p)                                                                                        \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define vizero _mm256_setzero_si256
+#define vload_i16(p) _mm256_loadu_si256((const __m256i *)(p))
+#define vload_i8_as_i16(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
+#define vcvt_i32 _mm256_cvtepi32_ps
+#if defined(__AVXVNNI__)
+#define vdot_i16(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#else
+#define vdot_i16(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+#endif
+static inline void vstore_i32_as_i16(int16_t *p, vi c) {
+    _mm_storeu_si128((__m128i *)p, _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
+}
+#define vcvt_f32_i32 _mm256_cvtps_epi32
+#define vclamp_i32(c, lim) _mm256_max_epi32(_mm256_min_epi32(c, _mm256_set1_epi32(lim)), _mm256_set1_epi32(-(lim)))
 #endif
 
 /* ---------------------------------------------------------------- small vector helpers */
@@ -169,15 +284,23 @@ static inline vf vgelu(vf x) {
 
 /* ---------------------------------------------------------------- activations, per precision */
 
+/* bf16 weights use vdpbf16ps (and the hi/lo activations) where the CPU has it, else the widening kernel. */
+#if GPT2_ISA == 512 && defined(__AVX512BF16__)
+#define BF16_DP 1
+#else
+#define BF16_DP 0
+#endif
+
 /* A linear layer's input rows, in the form its kernel consumes. */
 typedef struct {
-    const float *f32;  /* fp32: the rows as they are, [rows, in] */
-    uint16_t *hi, *lo; /* bf16: x ~= hi + lo, [rows, in] each */
+    const float *f32;  /* fp32 and widened bf16: the rows as they are, [rows, in] */
+    uint16_t *hi, *lo; /* vdpbf16ps bf16: x ~= hi + lo, [rows, in] each */
     int16_t *q;        /* int8 mode: 16-bit codes, [rows, in] */
     float *qs;         /* int8 mode: one scale per row and group, [rows, in / GROUP] */
     int64_t in;
 } Act;
 
+#if BF16_DP
 static inline uint16_t bf16_round(float f) { /* round to nearest even; inputs are finite here */
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -191,10 +314,14 @@ static inline float bf16_value(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 }
+#endif
 
-/* Convert row r of x (fp32, length in) into act's buffers for `precision`. */
+/* Convert row r of x (fp32, length in) into act's buffers for `precision` (fp32 and widened bf16 read
+ * x itself). int8: per group of 64, scale = max|x| / 32767 and code = round(x / scale), so the largest
+ * value maps to +-32767 and no code leaves [-32767, 32767]. */
 static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
     const int64_t in = act->in;
+#if BF16_DP
     if (precision == PREC_BF16) {
         uint16_t *hi = act->hi + r * in, *lo = act->lo + r * in;
         for (int64_t k = 0; k < in; k++) {
@@ -202,27 +329,22 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
             lo[k] = bf16_round(x[k] - bf16_value(hi[k]));
         }
     }
-#if GPT2_ISA == 512
+#endif
     if (precision == PREC_INT8) {
         int16_t *q = act->q + r * in;
         float *qs = act->qs + r * (in / GROUP);
         for (int64_t g = 0; g < in / GROUP; g++) {
             const float *xg = x + g * GROUP;
-            __m512 m = _mm512_setzero_ps();
-            for (int j = 0; j < GROUP; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xg + j)));
-            float amax = _mm512_reduce_max_ps(m);
-            float scale = amax > 0 ? amax / 32767.0f : 1.0f;
-            __m512 inv = _mm512_set1_ps(1.0f / scale);
-            for (int j = 0; j < GROUP; j += 16) {
-                __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + j), inv));
-                c = _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(32767)),
-                                     _mm512_set1_epi32(-32767));
-                _mm256_storeu_si256((__m256i *)(q + g * GROUP + j), _mm512_cvtepi32_epi16(c));
-            }
+            vf m = vzero();
+            for (int j = 0; j < GROUP; j += VL) m = vmax(m, vabs(vload(xg + j)));
+            const float amax = vhmax(m);
+            const float scale = amax > 0 ? amax / 32767.0f : 1.0f;
+            const vf inv = vset1(1.0f / scale);
+            for (int j = 0; j < GROUP; j += VL)
+                vstore_i32_as_i16(q + g * GROUP + j, vclamp_i32(vcvt_f32_i32(vmul(vload(xg + j), inv)), 32767));
             qs[g] = scale;
         }
     }
-#endif
 }
 
 /* ---------------------------------------------------------------- dot-product kernels
@@ -236,9 +358,14 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
  * 4 weight rows (the batched step is compute-bound), with the next tile prefetched. */
 
 #define PREFETCH_NEXT(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+/* How far ahead the one-row stream asks for weights: the hardware prefetcher alone left bf16 and int8
+ * ~15-20% slower per token (CPU time, AVX2 Zen 3, docs/engine.md); 2 KB and 4 KB measured alike. */
+#define STREAM_AHEAD 2048
 
-static inline __attribute__((always_inline)) void tile_fp32(const float *W, const float *X, int64_t in,
-                                                            int NO, int NB, float out[4][4]) {
+/* fp32 activations against fp32 weights, or against bf16 weights widened in registers (BF16 = 1). */
+static inline __attribute__((always_inline)) void tile_wide(const void *W, int BF16, const float *X,
+                                                            int64_t in, int NO, int NB, float out[4][4]) {
+    const size_t esize = BF16 ? 2 : 4;
     vf a[4][4];
     for (int i = 0; i < NO; i++)
         for (int b = 0; b < NB; b++) a[i][b] = vzero();
@@ -246,8 +373,9 @@ static inline __attribute__((always_inline)) void tile_fp32(const float *W, cons
         vf x[4];
         for (int b = 0; b < NB; b++) x[b] = vload(X + b * in + k);
         for (int i = 0; i < NO; i++) {
-            if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
-            vf w = vload(W + i * in + k);
+            if (NO > 1) PREFETCH_NEXT((const char *)W + ((i + NO) * in + k) * esize);
+            if (NO == 1 && (k * esize) % 64 == 0) PREFETCH_NEXT((const char *)W + k * esize + STREAM_AHEAD);
+            vf w = BF16 ? vload_bf16((const uint16_t *)W + i * in + k) : vload((const float *)W + i * in + k);
             for (int b = 0; b < NB; b++) a[i][b] = vfma(w, x[b], a[i][b]);
         }
     }
@@ -255,11 +383,11 @@ static inline __attribute__((always_inline)) void tile_fp32(const float *W, cons
         for (int b = 0; b < NB; b++) out[i][b] = vsum(a[i][b]);
 }
 
-#if GPT2_ISA == 512 && defined(__AVX512BF16__)
+#if BF16_DP
 /* bf16 weights: each chunk adds w*hi, then w*lo, the activation's two bf16 parts (see the top). */
-static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, const uint16_t *H,
-                                                            const uint16_t *L, int64_t in, int NO, int NB,
-                                                            float out[4][4]) {
+static inline __attribute__((always_inline)) void tile_bf16dp(const uint16_t *W, const uint16_t *H,
+                                                              const uint16_t *L, int64_t in, int NO, int NB,
+                                                              float out[4][4]) {
     __m512 a[4][4];
     for (int i = 0; i < NO; i++)
         for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
@@ -281,61 +409,53 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *W, c
 }
 #endif
 
-#if GPT2_ISA == 512 && defined(__AVX512VNNI__)
-/* int8 weights x 16-bit activation codes: vpdpwssd adds pairs of int16 products into int32 lanes; each
- * group of 64 values goes to fp32 with its activation scale before the next (no int32 overflow:
- * 64 * 127 * 32767 < 2^31). The caller applies the weight row's scale. */
+/* int8 weights x 16-bit activation codes: vdot_i16 adds pairs of int16 products into int32 lanes,
+ * exactly; each group of 64 values goes to fp32 with its activation scale before the next. No int32
+ * overflow: a lane sums at most the group's 64 products, |w| <= 127 and |q| <= 32767, and
+ * 64 * 127 * 32767 = 266,331,776 < 2^31. Integer sums are exact, so vpdpwssd (VNNI) and
+ * vpmaddwd + vpaddd give the same bits. The caller applies the weight row's scale. */
 static inline __attribute__((always_inline)) void tile_int8(const int8_t *W, const int16_t *Q, const float *S,
                                                             int64_t in, int NO, int NB, float out[4][4]) {
-    __m512 a[4][4];
+    enum { CHUNKS = GROUP / (2 * VL) }; /* int16 vectors per group */
+    vf a[4][4];
     for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
+        for (int b = 0; b < NB; b++) a[i][b] = vzero();
     const int64_t ng = in / GROUP;
     for (int64_t g = 0; g < ng; g++) {
         const int64_t k = g * GROUP;
-        __m512i q0[4], q1[4];
-        __m512 sc[4];
-        for (int b = 0; b < NB; b++) {
-            q0[b] = _mm512_loadu_si512(Q + b * in + k);
-            q1[b] = _mm512_loadu_si512(Q + b * in + k + 32);
-            sc[b] = _mm512_set1_ps(S[b * ng + g]);
-        }
         for (int i = 0; i < NO; i++) {
             if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
-            __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(W + i * in + k)));
-            __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(W + i * in + k + 32)));
+            if (NO == 1) PREFETCH_NEXT(W + k + STREAM_AHEAD); /* a group is one 64-byte line */
+            vi w[CHUNKS];
+            for (int j = 0; j < CHUNKS; j++) w[j] = vload_i8_as_i16(W + i * in + k + j * 2 * VL);
             for (int b = 0; b < NB; b++) {
-                __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, q0[b]);
-                s = _mm512_dpwssd_epi32(s, w1, q1[b]);
-                a[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc[b], a[i][b]);
+                vi s = vizero();
+                for (int j = 0; j < CHUNKS; j++) s = vdot_i16(s, w[j], vload_i16(Q + b * in + k + j * 2 * VL));
+                a[i][b] = vfma(vcvt_i32(s), vset1(S[b * ng + g]), a[i][b]);
             }
         }
     }
     for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
+        for (int b = 0; b < NB; b++) out[i][b] = vsum(a[i][b]);
 }
-#endif
 
 /* out[i][b] = W[o + i] . x[b0 + b] (int8: times the row scale; bias added by the caller). */
 static inline __attribute__((always_inline)) void
 tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
     const int64_t in = L->in;
-    (void)precision; /* an AVX2 build has fp32 only */
-#if GPT2_ISA == 512 && defined(__AVX512BF16__)
     if (precision == PREC_BF16) {
-        tile_bf16((const uint16_t *)L->w + o * in, a->hi + b0 * in, a->lo + b0 * in, in, NO, NB, out);
-        return;
-    }
+#if BF16_DP
+        tile_bf16dp((const uint16_t *)L->w + o * in, a->hi + b0 * in, a->lo + b0 * in, in, NO, NB, out);
+#else
+        tile_wide((const uint16_t *)L->w + o * in, 1, a->f32 + b0 * in, in, NO, NB, out);
 #endif
-#if GPT2_ISA == 512 && defined(__AVX512VNNI__)
-    if (precision == PREC_INT8) {
+    } else if (precision == PREC_INT8) {
         tile_int8((const int8_t *)L->w + o * in, a->q + b0 * in, a->qs + b0 * (in / GROUP), in, NO, NB, out);
         for (int i = 0; i < NO; i++)
             for (int b = 0; b < NB; b++) out[i][b] *= L->scale[o + i];
-        return;
+    } else {
+        tile_wide((const float *)L->w + o * in, 0, a->f32 + b0 * in, in, NO, NB, out);
     }
-#endif
-    tile_fp32((const float *)L->w + o * in, a->f32 + b0 * in, in, NO, NB, out);
 }
 
 /* What happens to y = x W^T + bias before it is stored into Y[b, o]. */
@@ -536,24 +656,69 @@ static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens
     }
 }
 
+#endif /* GPT2_ISA */
+
+/* ---------------------------------------------------------------- the checks at the boundary */
+
+static int linear_ok(const Linear *L, int64_t out, int64_t in, int precision) {
+    return L->w && L->out == out && L->in == in && (precision != PREC_INT8 || L->scale);
+}
+
+/* Everything gpt2_forward relies on that the arguments themselves can tell: 0 or a GPT2_E_* code. */
+static int check_arguments(const Model *m, const Cache *c, int64_t n, const int64_t *tokens,
+                           const int64_t *positions, const int64_t *slots, int64_t logits_from,
+                           const float *logits) {
+    if (!m || !c || !tokens || !positions || !slots) return GPT2_E_NULL;
+    if (n < 1 || logits_from < 0 || logits_from > n) return GPT2_E_COUNT;
+    if (logits_from < n && !logits) return GPT2_E_NULL;
+    const int64_t C = m->n_embd, nh = m->n_head;
+    if (!m->layers || !m->wte || !m->wpe || !m->lnf_w || !m->lnf_b) return GPT2_E_NULL;
+    if (m->n_layer < 1 || m->n_vocab < 1 || m->n_ctx < 1 || C < GROUP || C % GROUP || nh < 1 || C % nh)
+        return GPT2_E_CONFIG;
+    const int64_t hs = C / nh; /* attend_head holds one head in 64 / VL vectors */
+    if (hs % 16 || hs > 64) return GPT2_E_CONFIG;
+    const int P = (int)m->precision;
+    if (m->precision < PREC_FP32 || m->precision > PREC_INT8 ||
+        !(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8)))
+        return GPT2_E_PRECISION;
+    const int64_t F4 = m->layers[0].mlp.in; /* the MLP's width: 4 * n_embd in GPT-2, any multiple of 64 */
+    if (F4 < GROUP || F4 % GROUP) return GPT2_E_WEIGHTS;
+    for (int64_t l = 0; l < m->n_layer; l++) {
+        const Layer *L = &m->layers[l];
+        if (!L->ln1_w || !L->ln1_b || !L->ln2_w || !L->ln2_b) return GPT2_E_NULL;
+        if (!linear_ok(&L->attn, 3 * C, C, P) || !linear_ok(&L->proj, C, C, P) || !linear_ok(&L->fc, F4, C, P) ||
+            !linear_ok(&L->mlp, C, F4, P))
+            return GPT2_E_WEIGHTS;
+    }
+    if (!linear_ok(&m->head, m->n_vocab, C, P)) return GPT2_E_WEIGHTS;
+    /* The cache: the model's shape, and strides that keep every (layer, slot, head, position) apart. */
+    if (!c->k || !c->v) return GPT2_E_NULL;
+    if (c->n_layer != m->n_layer || c->n_head != nh || c->head_dim != hs || c->max_len < 1 || c->n_slots < 1 ||
+        c->head_stride < c->max_len * hs || c->slot_stride < nh * c->head_stride ||
+        c->layer_stride < c->n_slots * c->slot_stride)
+        return GPT2_E_CACHE;
+    const int64_t max_pos = c->max_len < m->n_ctx ? c->max_len : m->n_ctx;
+    for (int64_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) return GPT2_E_TOKEN;
+        if (positions[i] < 0 || positions[i] >= max_pos) return GPT2_E_POSITION;
+        if (slots[i] < 0 || slots[i] >= c->n_slots) return GPT2_E_SLOT;
+    }
+    return GPT2_OK;
+}
+
 /* One forward pass for n tokens: token i is `tokens[i]` at position `positions[i]` of the sequence in
  * cache slot `slots[i]`; its keys and values are written there, and it attends to that slot's positions
  * 0..positions[i] (tokens of one slot in one call must come in position order: a prompt chunk works).
  * Logits of tokens [logits_from, n) go to `logits` ([n - logits_from, n_vocab], fp32).
- * Returns 0, or a negative code for arguments it refuses (checked again here, though Python checks). */
+ * Returns 0, or a negative GPT2_E_* code for arguments it refuses (checked again here, though Python
+ * checks them first). */
 int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
                  const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
-    const int64_t C = m->n_embd, nh = m->n_head, hs = nh > 0 ? C / nh : 0;
-    const int P = (int)m->precision;
-    if (n <= 0 || m->n_layer <= 0 || C % GROUP || hs <= 0 || hs % 16 || hs > 64) return -1;
-    if (logits_from < 0 || logits_from > n) return -1;
+    const int rc = check_arguments(m, c, n, tokens, positions, slots, logits_from, logits);
+    if (rc != GPT2_OK) return rc;
+#if GPT2_ISA
     if (nthreads < 1) nthreads = 1;
-    const int64_t F4 = m->layers[0].mlp.in;
-    if (!(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return -2;
-    for (int64_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->n_vocab || positions[i] < 0 || positions[i] >= c->max_len ||
-            slots[i] < 0 || slots[i] >= c->n_slots)
-            return -3;
+    const int64_t C = m->n_embd, F4 = m->layers[0].mlp.in;
     const int64_t widest = 4 * C > F4 ? 4 * C : F4;
     float *x = alloc(sizeof(float) * n * C);            /* residual stream */
     float *h = alloc(sizeof(float) * n * (C + widest)); /* LayerNorm output, then the MLP's hidden rows */
@@ -565,9 +730,8 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     act.q = alloc(sizeof(int16_t) * n * widest);
     act.qs = alloc(sizeof(float) * n * (widest / GROUP));
     float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
-    int rc = (!x || !h || !qkv || !y || !act.hi || !act.lo || !act.q || !act.qs || !scores) ? -4 : 0;
-    if (rc == 0)
-        run(m, c, n, tokens, positions, slots, logits_from, logits, nthreads, x, h, qkv, y, &act, scores);
+    const int ok = x && h && qkv && y && act.hi && act.lo && act.q && act.qs && scores;
+    if (ok) run(m, c, n, tokens, positions, slots, logits_from, logits, nthreads, x, h, qkv, y, &act, scores);
     free(x);
     free(h);
     free(qkv);
@@ -577,23 +741,9 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     free(act.q);
     free(act.qs);
     free(scores);
-    return rc;
-}
-
-#else /* neither AVX-512 nor AVX2: nothing here; gpt2_features() reports 0 and Python keeps its own path */
-
-int gpt2_forward(const void *m, const void *c, int64_t n, const int64_t *tokens, const int64_t *positions,
-                 const int64_t *slots, int64_t logits_from, float *logits, int nthreads) {
-    (void)m;
-    (void)c;
-    (void)n;
-    (void)tokens;
-    (void)positions;
-    (void)slots;
-    (void)logits_from;
-    (void)logits;
-    (void)nthreads;
-    return -2;
-}
-
+    return ok ? GPT2_OK : GPT2_E_MEMORY;
+#else
+    (void)nthreads; /* unreachable: check_arguments refuses every precision without kernels */
+    return GPT2_E_PRECISION;
 #endif
+}
