@@ -15,7 +15,6 @@ API (all streaming, parameters by name, see README.md, "Using the API"):
 
 import argparse
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -36,7 +35,9 @@ from gpt2.serving import (
     make_request,
     parse_stop_text,
 )
-from ui import render
+from ui import api, render, script, share
+from ui.content import EXAMPLES, INTRO, SLIDERS
+from ui.live import LiveView
 
 try:  # Hugging Face ZeroGPU: present on Spaces that use it, a no-op decorator everywhere else.
     import spaces  # type: ignore[import-not-found]
@@ -46,48 +47,6 @@ except ImportError:
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 HUB_DEFAULT = "hf://openai-community/gpt2"  # what a Space serves when its repo holds no converted weights
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
-API_ENDPOINTS = ("generate", "generate_with_probs", "generate_samples")
-EXAMPLES = [
-    "Every effort moves you",
-    "The lighthouse keeper had not spoken to anyone in three years, until",
-    "Here is a recipe for the best chocolate cake:",
-    "def fibonacci(n):",
-    "Breaking news: scientists in Reykjavik announced today that",
-]
-API_ARGS = """\
-    prompt: text to continue (at most 20,000 characters; empty starts from <|endoftext|>)
-    max_new_tokens: tokens to generate, 1 to 1024
-    temperature: 0 to 2; 0 is greedy (always the most likely token)
-    top_k: keep only the k most likely tokens, 0 to 200; 0 turns it off
-    top_p: nucleus sampling, 0.05 to 1; 1 turns it off
-    repetition_penalty: 1 (off) to 2; discourages tokens already in the text
-    seed: a whole number for reproducible text; empty or null picks one at random (the seed used is reported)
-    stop: a stop string or a list of them; the text ends before the first one (not included)
-    model: one of the server's models (see the model selector)
-"""
-SLIDERS = [  # name, label, step, info; ranges from gpt2.request.SERVING, defaults from gpt2.serving.DEFAULTS
-    ("max_new_tokens", "Max new tokens", 1, None),
-    ("temperature", "Temperature", 0.05, "0 = greedy"),
-    ("top_k", "Top-k", 1, "0 = off"),
-    ("top_p", "Top-p", 0.05, "1 = off"),
-    ("repetition_penalty", "Repetition penalty", 0.05, "1 = off"),
-]
-
-
-class Blocks(gr.Blocks):
-    """gr.Blocks whose API endpoints answer a REST call with the wrong number of inputs with a message
-    (Gradio's own check sends `{"error": null}` and prints a traceback)."""
-
-    def validate_inputs(self, block_fn, inputs):  # type: ignore[no-untyped-def]
-        wanted = list(inspect.signature(block_fn.fn).parameters)
-        if block_fn.api_name in API_ENDPOINTS and len(inputs) != len(wanted):
-            raise gr.Error(
-                f"/{block_fn.api_name} takes {len(wanted)} inputs, in this order: {', '.join(wanted)} "
-                f"(got {len(inputs)})",
-                title="Invalid request",
-                print_exception=False,
-            )
-        super().validate_inputs(block_fn, inputs)
 
 
 def gpu(fn: Callable) -> Callable:
@@ -125,112 +84,77 @@ def build_demo(
         except BusyError as exc:  # every batch slot and queue place is taken
             raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
 
-    # --- API endpoints (parameters typed from these signatures; defaults are the UI's defaults) ---
-
-    def api(doc: str, extra: str = "") -> Callable:
-        """Give an endpoint its docstring: `doc`, then the parameters all three share (Gradio shows these
-        in its API page and MCP tool descriptions)."""
-
-        def attach(fn: Callable) -> Callable:
-            fn.__doc__ = f"{doc}\n\nArgs:\n{API_ARGS}{extra}"
-            return gpu(fn)
-
-        return attach
-
-    @api("Stream GPT-2's continuation of a prompt; every update is the whole continuation so far.")
-    def generate(
-        prompt: str,
-        max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
-        temperature: float = DEFAULTS["temperature"],
-        top_k: int = int(DEFAULTS["top_k"]),
-        top_p: float = DEFAULTS["top_p"],
-        repetition_penalty: float = DEFAULTS["repetition_penalty"],
-        seed: int | str | None = None,
-        stop: list[str] | str | None = None,
-        model: str = registry.default,
-    ) -> Iterator[str]:
-        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
-        for p in run(args, with_probs=False):
-            yield p.text
-
-    @api(
-        "Like /generate, but every update is a JSON object: the text so far, each generated token's "
-        "probability (sampled and raw), rank, entropy and top-5 alternatives, the prompt's per-token "
-        "probabilities and perplexity, and live stats (see README.md, 'Using the API')."
-    )
-    def generate_with_probs(
-        prompt: str,
-        max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
-        temperature: float = DEFAULTS["temperature"],
-        top_k: int = int(DEFAULTS["top_k"]),
-        top_p: float = DEFAULTS["top_p"],
-        repetition_penalty: float = DEFAULTS["repetition_penalty"],
-        seed: int | str | None = None,
-        stop: list[str] | str | None = None,
-        model: str = registry.default,
-    ) -> Iterator[dict]:
-        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
-        for p in run(args, with_probs=True):
-            yield p.payload()
-
-    @api(
-        "Stream n continuations of one prompt, decoded side by side; every update is the list of the n "
-        "continuations so far. Sample i uses seed + i: exactly what /generate gives with that seed.",
-        "    n: how many samples, 1 to 4\n",
-    )
-    def generate_samples(
-        prompt: str,
-        max_new_tokens: int = int(DEFAULTS["max_new_tokens"]),
-        temperature: float = DEFAULTS["temperature"],
-        top_k: int = int(DEFAULTS["top_k"]),
-        top_p: float = DEFAULTS["top_p"],
-        repetition_penalty: float = DEFAULTS["repetition_penalty"],
-        seed: int | str | None = None,
-        stop: list[str] | str | None = None,
-        model: str = registry.default,
-        n: int = 2,
-    ) -> Iterator[list[str]]:
-        args = (prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, model)
-        for p in run(args, with_probs=False, n=n):
-            yield list(p.texts)
-
-    # --- the UI handler: text, live line, coloured tokens and summary, all from one stream ---
+    # --- the UI handler: text (or the samples), live line, coloured tokens and summary, from one stream ---
 
     @gpu
-    def ui_generate(prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop_text, model):
+    def ui_generate(
+        prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop_text, model, n, pick
+    ):
         stop = parse_stop_text(stop_text)
         args = (prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop, model)
         if isinstance(model, str) and model in registry.names and not registry.is_loaded(model):
             yield (
-                prompt,
+                gr.skip(),
+                gr.skip(),
                 f"⏳ loading model **{model}** on {registry.device}…",
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
+                *[gr.skip()] * 5,
             )
-        spans: list[str] = []
-        prompt_part = ""
-        for p in run(args, with_probs=True):
-            spans.extend(render.token_span(t) for t in p.tokens[0][len(spans) :])
-            if p.prompt is not None and not prompt_part:
-                prompt_part = render.prompt_spans(p.prompt)
-            html = render.tokens_html(prompt_part, spans)
-            yield prompt + p.text, render.status_line(p), html, render.summary_html(p), str(p.request.seed)
+        view, first = LiveView(chosen=int(pick or 1) - 1), True
+        for p in run(args, with_probs=True, n=n):
+            view.update(p)
+            many = p.request.n > 1
+            # The selector is set once per generation: later updates must not undo a choice made mid-stream.
+            picker = gr.update(choices=list(range(1, p.request.n + 1)), value=view.chosen + 1, visible=many)
+            yield (
+                gr.update(value=prompt + p.text, visible=not many),
+                gr.update(value=render.samples_html(p) if many else "", visible=many),
+                render.status_line(p),
+                view.tokens_html(),
+                view.summary_html(),
+                str(p.request.seed),
+                picker if first else gr.skip(),
+                view,
+            )
+            first = False
 
-    with Blocks(title="GPT-2, hand-built") as demo:
-        gr.Markdown(
-            "## GPT-2, hand-built\n"
-            "OpenAI's GPT-2 written from scratch in PyTorch, streaming token by token. Each token is "
-            "coloured by how likely the model found it; hover over one to see what else it considered."
-        )
-        with gr.Sidebar(label="Settings", open=True, width=300):
+    def choose_sample(view: LiveView | None, pick):
+        if view is None:
+            return gr.skip(), gr.skip()
+        view.choose(pick)
+        return view.tokens_html(), view.summary_html()
+
+    def cleared():
+        hide = gr.update(value="", visible=False)
+        empty = render.tokens_html("", [])
+        return gr.update(value="", visible=True), hide, "Ready.", empty, render.summary_html(None), "", hide
+
+    def seed_of_sample(event: gr.EventData):  # a sample's "use seed" button (ui/samples.js)
+        return str(getattr(event, "seed", ""))[:20]
+
+    def open_link(request: gr.Request):
+        """Set the inputs a share link carries (the page's query string); say which were ignored."""
+        shared = share.parse_query(str(request.query_params), registry)
+        values = [shared.values.get(name, gr.skip()) for name in share.FIELDS]
+        notes = gr.update(value=render.notes_html(shared.notes), visible=True) if shared.notes else gr.skip()
+        return *values, notes
+
+    def copy_link(page, *values):
+        """This page with the current inputs, and the seed the last generation used (if there was one)."""
+        fields = dict(zip(share.FIELDS, values[:-1], strict=True))
+        fields["seed"] = values[-1] or fields["seed"]
+        return gr.update(value=share.link(page, fields), visible=True)
+
+    with api.Blocks(title="GPT-2, hand-built") as demo:
+        gr.Markdown(INTRO)
+        # Closed at first, so a phone shows the prompt first; open_settings.js opens it on a wide screen.
+        with gr.Sidebar(label="Settings", open=False, width=300, elem_id="settings"):
             model_box = gr.Dropdown(
                 registry.names, value=registry.default, label="Model", info="loaded on first use"
             )
-            sliders = {}
+            controls = {}
             for name, label, step, info in SLIDERS:
                 lo, hi = SERVING.bounds(name)
-                sliders[name] = gr.Slider(
+                controls[name] = gr.Slider(
                     lo, hi, value=DEFAULTS[name], step=step, label=label, info=info, elem_id=name
                 )
             seed_box = gr.Textbox(label="Seed", placeholder="empty = random", max_lines=1, elem_id="seed")
@@ -239,6 +163,7 @@ def build_demo(
             stop_box = gr.Textbox(
                 label="Stop strings", placeholder=r"comma-separated, e.g. \n\n, THE END", max_lines=1
             )
+        link_notes = gr.HTML(visible=False, elem_id="link-notes", container=True, padding=True)
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 prompt_box = gr.Textbox(
@@ -248,16 +173,31 @@ def build_demo(
                     elem_id="prompt",
                     autofocus=True,
                 )
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                    clear = gr.Button("Clear", elem_id="clear")
+                with gr.Row():  # one line on a wide screen; on a phone, Generate, Stop, Clear, then Copy link
+                    go = gr.Button("Generate", variant="primary", elem_id="generate", scale=2, min_width=120)
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=80)
+                    clear = gr.Button("Clear", elem_id="clear", min_width=80)
+                    copy = gr.Button("Copy link", elem_id="copy-link", min_width=120)
+                link_box = gr.Textbox(
+                    label="Link to these settings and this seed",
+                    visible=False,
+                    elem_id="link",
+                    buttons=["copy"],
+                )
                 output = gr.Textbox(
                     label="Text", lines=8, max_lines=30, interactive=False, elem_id="output", autoscroll=True
+                )
+                samples = gr.HTML(
+                    render.samples_html(None),
+                    css_template=render.CSS,
+                    js_on_load=script("samples.js"),
+                    visible=False,
+                    elem_id="samples",
                 )
                 status = gr.Markdown("Ready.", elem_id="status")
                 gr.Examples([[e] for e in EXAMPLES], inputs=[prompt_box], label="Try")
             with gr.Column(scale=2):
+                pick = gr.Radio([1], value=1, label="Token view: sample", visible=False, elem_id="pick")
                 tokens_view = gr.HTML(
                     render.tokens_html("", []),
                     label="Inside the model",
@@ -269,31 +209,31 @@ def build_demo(
                 summary = gr.HTML(
                     render.summary_html(None), css_template=render.CSS, elem_id="summary", padding=True
                 )
+        view_state = gr.State(None)  # this tab's LiveView
 
-        inputs = [prompt_box, *sliders.values(), seed_box, stop_box, model_box]
-        outputs = [output, status, tokens_view, summary, seed_used]
-        private = dict(api_visibility="private")  # programs use the named endpoints below
-        running = go.click(ui_generate, inputs, outputs, show_progress="minimal", **private, **run_opts)
-        stop_btn.click(
-            lambda s: s.replace("_generating…_", "_stopped_"),
-            status,
-            status,
-            cancels=[running],
-            queue=False,
-            **private,
+        private = dict(api_visibility="private", queue=False)  # programs use the named endpoints below
+        controls.update(prompt=prompt_box, seed=seed_box, stop=stop_box, model=model_box)
+        fields = [controls[name] for name in share.FIELDS]  # the API's parameters, in its order
+        outputs = [output, samples, status, tokens_view, summary, seed_used, pick, view_state]
+        run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
+        running = go.click(ui_generate, [*fields, pick], outputs, **run_ui)
+        stop_btn.click(None, cancels=[running], **private)
+        # After the cancel has taken effect (an update already on its way cannot overwrite it), every sample.
+        running.failure(
+            lambda *views: [render.stopped(v) for v in views], [status, samples], [status, samples], **private
         )
-        clear.click(
-            lambda: ("", "", "Ready.", render.tokens_html("", []), ""),
-            None,
-            [prompt_box, output, status, tokens_view, seed_used],
-            cancels=[running],
-            queue=False,
-            **private,
-        )
-        reuse.click(lambda s: s, seed_used, seed_box, queue=False, **private)
-        gr.api(generate, api_name="generate", **run_opts)
-        gr.api(generate_with_probs, api_name="generate_with_probs", **run_opts)
-        gr.api(generate_samples, api_name="generate_samples", **run_opts)
+        clear.click(cleared, None, outputs[:-1], cancels=[running], **private)
+        reuse.click(lambda s: s, seed_used, seed_box, **private)
+        samples.click(seed_of_sample, None, seed_box, **private)
+        pick.input(choose_sample, [view_state, pick], [tokens_view, summary], **private)
+        page_url = gr.Textbox(visible=False)  # filled in the browser by page_url.js
+        copy.click(
+            copy_link, [page_url, *fields, seed_used], link_box, js=script("page_url.js"), **private
+        ).then(None, link_box, None, js=script("copy_link.js"), **private)
+        demo.load(open_link, None, [*fields, link_notes], show_progress="hidden", **private)
+        demo.load(None, js=script("open_settings.js"), **private)
+        for fn in api.endpoints(run, registry.default, gpu):
+            gr.api(fn, api_name=fn.__name__, **run_opts)
 
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     demo.registry, demo.serving = registry, server  # for tests and main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 
@@ -33,6 +33,8 @@ def _number(name: str, value: object) -> float:
 
 def as_int(name: str, value: object) -> int:
     """`value` as an int, accepting integral floats (sliders send 40.0) and rejecting anything else."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)  # as is: through a float, a seed above 2**53 would silently change
     number = _number(name, value)
     if number != int(number):
         raise ValueError(f"{name} must be a whole number, got {value!r}")

@@ -134,3 +134,35 @@ LEGEND = (
 
 def tokens_html(prompt_part: str, gen_spans: list[str]) -> str:
     return f"{LEGEND}<div class='tokens'>{prompt_part}{''.join(gen_spans)}</div>"
+
+
+def samples_html(p: Progress | None) -> str:
+    """Each sample's continuation in a column, headed by its seed and a button that reuses it."""
+    if p is None:
+        return "<div class='samples'></div>"
+    columns = []
+    for i, text in enumerate(p.texts):
+        seed = p.request.seed + i
+        reason = p.finish_reasons[i]
+        state = "generating…" if reason is None else f"finished ({reason})"
+        columns.append(  # (the state's span is what `stopped` rewrites)
+            f"<div class='sample' data-sample='{i + 1}'><div class='head'><b>Sample {i + 1}</b> · seed "
+            f"<code>{seed}</code> <button class='reuse' data-seed='{seed}' "
+            f"title='put seed {seed} in the Seed box'>use seed</button> <span class='state'>{state}</span>"
+            f"</div><div class='text'>{html.escape(text)}</div></div>"
+        )
+    return f"<div class='samples' style='--n: {len(columns)}'>{''.join(columns)}</div>"
+
+
+def notes_html(notes: list[str]) -> str:
+    """What a share link asked for that the page could not do, and why."""
+    items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    return f"<b>Some of this link's settings were ignored:</b><ul>{items}</ul>"
+
+
+def stopped(view: str) -> str:
+    """The status line or the samples of a generation that was stopped: "generating…" becomes "stopped"."""
+    # Only the markers this module writes: a sample's text (escaped, so it holds no tags) is left alone.
+    return view.replace("_generating…_", "_stopped_").replace(
+        "<span class='state'>generating…</span>", "<span class='state'>stopped</span>"
+    )
