@@ -22,7 +22,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from gpt2 import list_models
 from gpt2.precision import PRECISIONS
 from gpt2.request import SERVING
 from gpt2.scheduler import BusyError
@@ -32,6 +31,7 @@ from gpt2.serving import (
     NoWeightsError,
     Progress,
     Server,
+    default_weights,
     make_request,
     parse_stop_text,
 )
@@ -45,7 +45,6 @@ except ImportError:
     spaces = None
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
-HUB_DEFAULT = "hf://openai-community/gpt2"  # what a Space serves when its repo holds no converted weights
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
 
 
@@ -240,21 +239,11 @@ def build_demo(
     return demo
 
 
-def default_weights() -> str:
-    """$GPT2_WEIGHTS, else weights/ — except on a Space (SPACE_ID set) whose weights/ holds no converted
-    model: then GPT-2 124M from the Hub (preloaded at build time, see README "Deploy")."""
-    if os.environ.get("GPT2_WEIGHTS"):
-        return os.environ["GPT2_WEIGHTS"]
-    if os.environ.get("SPACE_ID") and not list_models(DEFAULT_WEIGHTS):
-        return HUB_DEFAULT
-    return str(DEFAULT_WEIGHTS)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Serve the GPT-2 demo (host/port: GRADIO_SERVER_NAME/PORT).")
     ap.add_argument(
         "--weights",
-        default=default_weights(),
+        default=default_weights(DEFAULT_WEIGHTS),
         help="a converted .safetensors file or folder, or hf://OWNER/REPO[@REVISION][/FILE] (GPT2_WEIGHTS)",
     )
     ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
@@ -264,12 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("GPT2_PRECISION", "fp32"),
         help="CPU weights: fp32 (exact), bf16 or int8 (fewer bytes per token, see README 'Speed')",
     )
-    ap.add_argument(
-        "--mcp",
-        action="store_true",
-        default=os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes"),
-        help="also serve the API as an MCP server (needs `pip install 'gradio[mcp]'`; env GPT2_MCP=1)",
-    )
+    mcp_env = os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes")
+    ap.add_argument("--mcp", action="store_true", default=mcp_env, help="also serve the API as MCP tools")
     return ap.parse_args(argv)
 
 

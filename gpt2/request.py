@@ -53,10 +53,15 @@ def check_number(name: str, value: object, limits: Limits = LIBRARY) -> float | 
     # bool is an int subclass; "True" as a temperature is a client bug, not a number.
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
-    number = float(value)
+    lo, hi = limits.bounds(name)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (JSON allows 10**400)
+        raise ValueError(
+            f"{name} must be between {lo:g} and {hi:g}, got a {len(str(value))}-digit number"
+        ) from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {number}")
-    lo, hi = limits.bounds(name)
     if not lo <= number <= hi:
         raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
     if name in INTEGER_ARGS:

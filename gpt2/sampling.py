@@ -194,7 +194,8 @@ def resolve_seed(seed: object = None) -> int:
             raise ValueError(f"seed must be a whole number, got {seed!r}") from None
     value = as_int("seed", seed)
     if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {value}")
+        shown = str(value) if len(str(value)) <= 30 else f"a {len(str(value))}-digit number"
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {shown}")
     return value
 
 

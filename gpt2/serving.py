@@ -42,6 +42,7 @@ from .tokenizer import BPE_FILE_SHA256, Tokenizer, load_tokenizer
 from .weights import list_models, load_model, read_metadata
 
 CONVERT_COMMAND = "python -m convert --model 124M"
+HUB_DEFAULT = "hf://openai-community/gpt2"  # what a Space serves when its repo holds no converted weights
 YIELD_INTERVAL = 1 / 15  # seconds between updates: smooth to read, cheap to send
 # The API's defaults, which the UI's controls start from too.
 DEFAULTS: dict[str, float] = {
@@ -56,6 +57,16 @@ DEFAULTS: dict[str, float] = {
 
 class NoWeightsError(RuntimeError):
     pass
+
+
+def default_weights(folder: Path) -> str:
+    """Where the app's models come from by default: $GPT2_WEIGHTS, else `folder` — except on a Space
+    (SPACE_ID set) whose `folder` holds no converted model: then GPT-2 124M from the Hub."""
+    if os.environ.get("GPT2_WEIGHTS"):
+        return os.environ["GPT2_WEIGHTS"]
+    if os.environ.get("SPACE_ID") and not list_models(folder):
+        return HUB_DEFAULT
+    return str(folder)
 
 
 class ModelRegistry:

@@ -293,13 +293,14 @@ def test_app_serves_a_hub_spec(hub, tokenizer):
 
 def test_app_default_weights(monkeypatch, tmp_path):
     import app
+    from gpt2.serving import HUB_DEFAULT
 
     monkeypatch.setattr(app, "DEFAULT_WEIGHTS", tmp_path)  # an empty weights/ folder
     for var in ("GPT2_WEIGHTS", "SPACE_ID"):
         monkeypatch.delenv(var, raising=False)
     assert app.parse_args([]).weights == str(tmp_path)
     monkeypatch.setenv("SPACE_ID", "me/gpt2-demo")  # on a Space with nothing converted: GPT-2 from the Hub
-    assert app.parse_args([]).weights == app.HUB_DEFAULT == "hf://openai-community/gpt2"
+    assert app.parse_args([]).weights == HUB_DEFAULT == "hf://openai-community/gpt2"
     save_model(random_model(TINY), tmp_path / "gpt2-tiny.safetensors", name="tiny")
     assert app.parse_args([]).weights == str(tmp_path)  # converted weights in the Space's repo win
     monkeypatch.setenv("GPT2_WEIGHTS", "hf://me/ours")
