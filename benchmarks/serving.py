@@ -60,8 +60,9 @@ def make_weights(directory: Path, size: str) -> Path:
 # ------------------------------------------------------------------ the client process (plain HTTP)
 
 
-def _stream(url: str, seed: int, new_tokens: int) -> dict:
-    """One /generate call over Gradio's REST API: time to the first text, total time, the final text."""
+def _stream(url: str, seed: int, new_tokens: int, n: int = 0) -> dict:
+    """One /generate call (or, with n >= 1, one /generate_samples call) over Gradio's REST API: time to
+    the first text, total time, the final text (a list of n texts for samples)."""
     import requests
 
     data = [
@@ -74,13 +75,14 @@ def _stream(url: str, seed: int, new_tokens: int) -> dict:
         seed,
         None,
         None,
-    ]
+    ] + ([n] if n else [])
+    api = "generate_samples" if n else "generate"
     start = time.perf_counter()
-    r = requests.post(f"{url}gradio_api/call/generate", json={"data": data}, timeout=60)
+    r = requests.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=60)
     r.raise_for_status()
     event_id = r.json()["event_id"]
     first, text, event = None, None, None
-    with requests.get(f"{url}gradio_api/call/generate/{event_id}", stream=True, timeout=600) as s:
+    with requests.get(f"{url}gradio_api/call/{api}/{event_id}", stream=True, timeout=600) as s:
         for line in s.iter_lines(decode_unicode=True):
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
@@ -88,7 +90,7 @@ def _stream(url: str, seed: int, new_tokens: int) -> dict:
                 payload = json.loads(line[5:])
                 if event == "error":
                     raise RuntimeError(str(payload))
-                if first is None and payload and payload[0]:
+                if first is None and payload and any(payload[0] if n else payload[:1]):
                     first = time.perf_counter() - start
                 if event == "complete":
                     text = payload[0]
@@ -96,19 +98,22 @@ def _stream(url: str, seed: int, new_tokens: int) -> dict:
 
 
 def client_main(url: str, conn) -> None:
-    """Serve requests from the benchmark: (n_streams, seeds, new_tokens) → results of those streams run
-    at the same time, each in its own thread."""
+    """Serve requests from the benchmark: (n_streams, seeds, new_tokens, samples) → results of those
+    streams run at the same time, each in its own thread (samples >= 1: /generate_samples with n=samples)."""
     while True:
         job = conn.recv()
         if job is None:
             return
-        n, seeds, new_tokens = job
+        n, seeds, new_tokens, samples = job
         results: list = [None] * n
 
-        def run(i: int, seed: int, new_tokens: int = new_tokens, results: list = results) -> None:
-            results[i] = _stream(url, seed, new_tokens)
+        def run(i: int, seed: int, new_tokens: int, samples: int, results: list = results) -> None:
+            results[i] = _stream(url, seed, new_tokens, samples)
 
-        threads = [threading.Thread(target=run, args=(i, seed)) for i, seed in enumerate(seeds[:n])]
+        threads = [
+            threading.Thread(target=run, args=(i, seed, new_tokens, samples))
+            for i, seed in enumerate(seeds[:n])
+        ]
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -130,6 +135,39 @@ def in_process(model, tokenizer, seed: int, new_tokens: int) -> dict:
     return {"seconds": time.perf_counter() - start, "ttft": first, "text": "".join(pieces)}
 
 
+def measure_samples(parent, model, tokenizer, n: int, new_tokens: int, rounds: int) -> None:
+    """n samples of one prompt through /generate_samples against one sample through /generate, interleaved:
+    wall time and time to first token (issue 15: ≤ 1.6× the wall time, ≤ 1.2× the first token)."""
+    one, many, ttft1, ttftn, same = [], [], [], [], 0
+    for r in range(rounds):
+        seed = 500 + 10 * r
+        parent.send((1, [seed], new_tokens, 0))
+        a = parent.recv()["streams"][0]
+        parent.send((1, [seed], new_tokens, n))
+        b = parent.recv()["streams"][0]
+        one.append(a["seconds"])
+        many.append(b["seconds"])
+        ttft1.append(a["ttft"])
+        ttftn.append(b["ttft"])
+        want = [in_process(model, tokenizer, seed + i, new_tokens)["text"] for i in range(n)]
+        same += b["text"] == want
+        print(
+            f"samples round {r + 1}: 1 × {new_tokens} tokens {a['seconds']:.2f} s "
+            f"(first {a['ttft'] * 1000:.0f} ms) · {n} × {new_tokens} tokens {b['seconds']:.2f} s "
+            f"(first {b['ttft'] * 1000:.0f} ms)",
+            flush=True,
+        )
+    m1, mn = statistics.median(one), statistics.median(many)
+    t1, tn = statistics.median(ttft1), statistics.median(ttftn)
+    print("\n| through the API | wall (median) | first token (median) |\n|---|---|---|")
+    print(f"| 1 sample × {new_tokens} tokens (/generate) | {m1:.2f} s | {t1 * 1000:.0f} ms |")
+    print(
+        f"| {n} samples × {new_tokens} tokens (/generate_samples) | {mn:.2f} s ({mn / m1:.2f}×) | "
+        f"{tn * 1000:.0f} ms ({tn / t1:.2f}×) |"
+    )
+    print(f"samples equal to /generate's text with seed + i (in-process check): {same}/{rounds}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="124M", choices=list(SIZES))
@@ -140,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument(
+        "--samples", type=int, default=4, help="also time n samples via /generate_samples (0: skip)"
+    )
+    ap.add_argument("--sample-tokens", type=int, default=128)
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the app process")
     args = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
@@ -163,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.size} shapes, random weights · {args.precision} · prompt {len(tokenizer.encode(PROMPT))} "
             f"tokens · {args.new_tokens} new tokens · {SETTINGS} · torch threads {torch.get_num_threads()}"
         )
-        parent.send((1, [0], 4))  # warm-up: the app's first request builds its scheduler
+        parent.send((1, [0], 4, 0))  # warm-up: the app's first request builds its scheduler
         parent.recv()
         rows: dict[str, list[float]] = {"inproc": [], "http1": [], f"http{args.streams}": []}
         ttft: dict[str, list[float]] = {"inproc": [], "http1": []}
@@ -173,14 +215,14 @@ def main(argv: list[str] | None = None) -> None:
             ref = in_process(model, tokenizer, seed, args.new_tokens)
             rows["inproc"].append(args.new_tokens / ref["seconds"])
             ttft["inproc"].append(ref["ttft"])
-            parent.send((1, [seed], args.new_tokens))
+            parent.send((1, [seed], args.new_tokens, 0))
             one = parent.recv()
             s = one["streams"][0]
             rows["http1"].append(args.new_tokens / s["seconds"])
             ttft["http1"].append(s["ttft"])
             mismatches += s["text"] != ref["text"]
             seeds = [1000 * r + i for i in range(args.streams)]
-            parent.send((args.streams, seeds, args.new_tokens))
+            parent.send((args.streams, seeds, args.new_tokens, 0))
             many = parent.recv()
             rows[f"http{args.streams}"].append(args.streams * args.new_tokens / many["wall"])
             check = in_process(model, tokenizer, seeds[-1], args.new_tokens)["text"]
