@@ -188,7 +188,11 @@ def kv_bytes_per_token(n_layer: int, n_embd: int, context: int) -> int:
 
 def load_llama(path: str | os.PathLike[str], threads: int, n_ctx: int):
     """A llama.cpp context on the CPU for the GGUF at `path`: `threads` threads for decode steps and
-    prompts alike, room for `n_ctx` positions, a whole prompt of that length submitted as one batch."""
+    prompts alike, room for `n_ctx` positions, a whole prompt of that length submitted as one batch.
+
+    Flash attention on: llama.cpp's own default ("auto") turns it on for the CPU, llama-cpp-python's
+    turns it off; on, a 512-token prefill of 2-layer 124M shapes took 568 ms instead of 900 here.
+    The KV cache keeps llama.cpp's default type, f16."""
     from llama_cpp import Llama
 
     return Llama(
@@ -198,6 +202,7 @@ def load_llama(path: str | os.PathLike[str], threads: int, n_ctx: int):
         n_batch=n_ctx,
         n_threads=threads,
         n_threads_batch=threads,
+        flash_attn=True,
         verbose=False,
     )
 

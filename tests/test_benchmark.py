@@ -98,10 +98,11 @@ def test_llama_cpp_peer_in_quick_run(quick):
     for row in pairs[1:]:
         assert float(row[1]) > 0 and float(row[2]) > 0
         assert abs(float(row[3]) - float(row[1]) / float(row[2])) < 0.02 * float(row[3]) + 0.01
-    # Same weights, same token ids in: llama.cpp's f32 greedy tokens are ours and HF's.
+    # Same weights, same token ids in: llama.cpp's f32 greedy tokens are ours and HF's (its logits are
+    # not exact: llama.cpp keeps the KV cache in f16).
     assert "llama-f32 yes" in proc.stdout
     err = {v: summary["results"][v]["rel_logit_err"] for v in LLAMA}
-    assert err["llama-f32"] < 1e-4 and err["llama-f16"] < 2e-2 and err["llama-q8_0"] < 5e-2, err
+    assert err["llama-f32"] < 2e-3 and err["llama-f16"] < 2e-2 and err["llama-q8_0"] < 5e-2, err
     assert "llama.cpp system info:" in proc.stdout
 
 
