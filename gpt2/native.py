@@ -1,9 +1,9 @@
 """The native decode engine: `csrc/decode.c`, compiled for this CPU on first use and called via ctypes.
 
-`FastGPT2` uses it for decode steps (and short prompts) when it is available; everything else, and any
-machine where it is not, keeps the PyTorch path. It is built with the system C compiler
-(`cc -O3 -march=native -fopenmp`) into a per-user cache keyed by the source, the flags and the CPU, in
-about a second, once. On AVX-512 (F/BW/VL/DQ) and on AVX2 + FMA it serves fp32, bf16 and int8 (see the
+`gpt2.engine` binds it to a `GPT2` (`GPT2.step` then runs decode steps and short prompts here); longer
+prompts, and any machine where it is not available, keep the PyTorch path. It is built with the system C
+compiler (`cc -O3 -march=native -fopenmp`) into a per-user cache keyed by the source, the flags and the CPU,
+in about a second, once. On AVX-512 (F/BW/VL/DQ) and on AVX2 + FMA it serves fp32, bf16 and int8 (see the
 top of decode.c for the kernels). Nothing here is required: no compiler, an older CPU, or `GPT2_NATIVE=0`
 in the environment all mean `available()` is False and the reason is in `unavailable_reason()`.
 
@@ -345,7 +345,7 @@ def _check_range(name: str, t: torch.Tensor, end: int, what: str) -> None:
 
 
 class NativeModel:
-    """The native engine bound to one set of packed weights (a `FastGPT2`'s): pointers only, no copies.
+    """The native engine bound to one model's weights (`gpt2.engine.native_spec`): pointers, no copies.
 
     `linears` are `(weight, scale, bias)` triples per layer in the order attn, proj, fc, mlp; weights are
     row-major `[out, in]` contiguous tensors in the precision's storage dtype (fp32, bf16, int8 with fp32
