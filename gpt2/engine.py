@@ -19,9 +19,13 @@ from .model import GPT2, KVCache
 
 # Prompts up to this many tokens run in the engine (its kernels read each weight once for all rows);
 # longer ones through torch's GEMMs, which win once the matmuls are compute-bound. Crossovers measured on
-# 124M shapes, 2 threads (prefill ms engine/torch): fp32 32 tokens 50/51, 64: 89/77; bf16 20: 24/26,
-# 32: 36/32; int8 64: 47/60, 128: 94/98.
-PROMPT_MAX = {"fp32": 32, "bf16": 24, "int8": 128}
+# 124M shapes, 2 threads (prefill ms engine/torch). AVX-512 (EPYC with avx512_bf16): fp32 32 tokens 50/51,
+# 64: 89/77; bf16 20: 24/26, 32: 36/32; int8 64: 47/60, 128: 94/98. AVX2 (EPYC Zen 3): fp32 64: 189/216,
+# 128: 375/348; bf16 128: 325/412, 256: 602/519; int8 512: 947/1295 (torch widens int8 weights per call).
+PROMPT_MAX = {
+    512: {"fp32": 32, "bf16": 24, "int8": 128},
+    256: {"fp32": 96, "bf16": 192, "int8": 1024},
+}
 HEAD_DIMS = (16, 32, 48, 64)
 
 
@@ -33,7 +37,7 @@ class Engine:
         if reason:
             raise RuntimeError(f"the native decode engine cannot run this model: {reason}")
         self.precision = model.precision
-        self.prompt_max = PROMPT_MAX[self.precision]
+        self.prompt_max = PROMPT_MAX[native.build_info()["isa"]][self.precision]
         self.native = native.NativeModel(self.precision, model.config, **native_spec(model))
 
     def takes(self, n: int, slots: torch.Tensor) -> bool:
