@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"texts equal to in-process with the same seed: {2 * args.rounds - mismatches}/{2 * args.rounds}"
         )
+        if args.samples > 1:
+            measure_samples(parent, model, tokenizer, args.samples, args.sample_tokens, args.rounds)
     finally:
         parent.send(None)
         client.join(timeout=10)

@@ -87,11 +87,38 @@ class SamplingParams:
             return x.masked_fill(~keep, float("-inf"))
         x = x / self.temperature
         if 0 < self.top_k < x.shape[-1]:
-            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]  # (B, 1)
-            x = x.masked_fill(x < kth, float("-inf"))
+            return self._top_k_then_p(x)[0]
         if self.top_p < 1.0:
             x = _top_p(x, self.top_p)
         return x
+
+    def _top_k_then_p(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Top-k (then top-p) of scaled logits `x` `(B, V)`, and the kept tokens as candidates when every
+        row keeps exactly k before top-p (no logit outside the k largest ties the k-th; else None).
+
+        Top-p then only has to look at the k kept values: their softmax is the distribution after top-k
+        (the dropped tokens have probability 0), and in descending order its nucleus is a prefix — one
+        pass over k values instead of a softmax and a partial sort of the whole vocabulary.
+        """
+        values, idx = torch.topk(x, self.top_k, dim=-1)  # (B, k), descending
+        drop = x < values[..., -1:]
+        exact = bool(((~drop).sum(dim=-1) == self.top_k).all())
+        x = x.masked_fill(drop, float("-inf"))
+        if self.top_p < 1.0:
+            if not exact:  # a tie at the k-th value keeps more than k: the general nucleus
+                return _top_p(x, self.top_p), None
+            probs = torch.softmax(values, dim=-1)
+            keep = (probs.cumsum(dim=-1) - probs) < self.top_p  # the tokens before it do not reach p yet
+            keep[..., 0] = True
+            x = x.masked_fill(~torch.zeros_like(drop).scatter(-1, idx, keep), float("-inf"))
+            n = keep.sum(dim=-1)
+            if not bool((n == n[0]).all()):  # rows keep different numbers: as `_even_candidates`
+                return x, None
+            values, idx = values[..., : int(n[0])], idx[..., : int(n[0])]  # the nucleus is a prefix
+        if not exact:
+            return x, None
+        idx, order = idx.sort(dim=-1)
+        return x, (values.gather(-1, order), idx)
 
     def _penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         x = logits.float()
@@ -122,23 +149,17 @@ class SamplingParams:
         """`process(logits, seen)` and, when every row keeps the same number of tokens, `candidates`
         of the result; exactly what calling the two would give (None for greedy or uneven rows).
 
-        With top-k alone (the common setting) both come out of one `topk` call instead of a second
-        pass over the vocabulary: the k largest are the kept set unless a logit outside them ties the
-        k-th, which the count checks (then the general path runs).
+        With top-k (the common setting, alone or with top-p) both come out of one `topk` call instead of
+        more passes over the vocabulary: the k largest are the kept set unless a logit outside them ties
+        the k-th, which the count checks (then the general path runs).
         """
         if self.greedy:
             return self.process(logits, seen), None
-        if self.top_p < 1.0 or not 0 < self.top_k < logits.shape[-1]:
+        if not 0 < self.top_k < logits.shape[-1]:
             processed = self.process(logits, seen)
             return processed, self._even_candidates(processed)
-        x = self._penalised(logits, seen) / self.temperature
-        values, idx = torch.topk(x, self.top_k, dim=-1)
-        drop = x < values[..., -1:]
-        processed = x.masked_fill(drop, float("-inf"))
-        if bool(((~drop).sum(dim=-1) == self.top_k).all()):
-            idx, order = idx.sort(dim=-1)
-            return processed, (values.gather(-1, order), idx)
-        return processed, self._even_candidates(processed)
+        processed, candidates = self._top_k_then_p(self._penalised(logits, seen) / self.temperature)
+        return processed, candidates if candidates is not None else self._even_candidates(processed)
 
     def _even_candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`candidates(processed)` when every row keeps the same number of tokens, else None."""
