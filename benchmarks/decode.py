@@ -522,7 +522,7 @@ def prepare(args: argparse.Namespace, model: GPT2) -> None:
     one) and a GGUF per llama.cpp variant asked for."""
     if not args.weights:
         save_model(model, weights_path(args), name="bench")
-    bpe_dir = Path(args.bpe_dir) if args.bpe_dir else llamacpp.default_bpe_dir(ROOT)
+    bpe_dir = Path(args.bpe_dir) if args.bpe_dir else llamacpp.default_bpe_dir()
     for v in args.variant_list:
         if v in LLAMA:
             llamacpp.write_gguf(model, gguf_path(args, v), v.removeprefix("llama-"), bpe_dir)

@@ -27,7 +27,7 @@ import torch
 
 from gpt2 import GPT2
 from gpt2.model import LN_EPS
-from gpt2.tokenizer import ENCODER_JSON, ENDOFTEXT, VOCAB_BPE
+from gpt2.tokenizer import ENCODER_JSON, ENDOFTEXT, PACKAGED_BPE_DIR, VOCAB_BPE
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
@@ -73,14 +73,9 @@ def gguf_name(key: str) -> str:
     return f"blk.{parts[1]}.{_BLOCK_NAMES[module]}.{parts[-1]}"
 
 
-def default_bpe_dir(root: Path) -> Path:
-    """Where GPT-2's BPE files are: $GPT2_BPE_DIR, else the checkout's ../shared/gpt2-bpe (beside the
-    repository, as on this project's machines), else weights/ (where `python -m convert` puts them)."""
-    if os.environ.get("GPT2_BPE_DIR"):
-        return Path(os.environ["GPT2_BPE_DIR"])
-    candidates = [root.parent / "shared" / "gpt2-bpe", root / "weights"]
-    found = [d for d in candidates if all((d / name).is_file() for name in (ENCODER_JSON, VOCAB_BPE))]
-    return found[0] if found else candidates[0]
+def default_bpe_dir() -> Path:
+    """Where GPT-2's BPE files are: $GPT2_BPE_DIR, else the copy that ships in the package (gpt2/bpe/)."""
+    return Path(os.environ.get("GPT2_BPE_DIR") or PACKAGED_BPE_DIR)
 
 
 def gpt2_vocab(bpe_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
