@@ -458,6 +458,24 @@ tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO
     }
 }
 
+/* Four weight rows against NB input rows. AVX-512 does them as one tile (4 x 4 accumulators + inputs fit
+ * its 32 registers); AVX2 has 16, where a 4 x 4 tile spills, so it does two tiles of 2 weight rows. Each
+ * (weight row, input row) sum is the same chain either way, so the results are the same bits. */
+static inline __attribute__((always_inline)) void
+tile4(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NB, float out[4][4]) {
+#if GPT2_ISA == 512
+    tile(precision, L, o, a, b0, 4, NB, out);
+#else
+    float hi[4][4] = {{0}};
+    tile(precision, L, o, a, b0, 2, NB, out);
+    tile(precision, L, o + 2, a, b0, 2, NB, hi);
+    for (int b = 0; b < 4; b++) {
+        out[2][b] = hi[0][b];
+        out[3][b] = hi[1][b];
+    }
+#endif
+}
+
 /* What happens to y = x W^T + bias before it is stored into Y[b, o]. */
 enum { EPI_STORE = 0, EPI_ADD = 1 };
 
@@ -487,11 +505,11 @@ static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nr
                     for (int b = 0; b < 4; b++) r[i][b] = r1[0][b];
                 }
             } else if (left >= 4) { /* constant NO, NB in each call: each instance fully unrolled */
-                tile(precision, L, o, a, b0, 4, 4, r);
+                tile4(precision, L, o, a, b0, 4, r);
             } else if (left == 3) {
-                tile(precision, L, o, a, b0, 4, 3, r);
+                tile4(precision, L, o, a, b0, 3, r);
             } else {
-                tile(precision, L, o, a, b0, 4, 2, r);
+                tile4(precision, L, o, a, b0, 2, r);
             }
             for (int i = 0; i < NO; i++) {
                 const float bias = L->bias ? L->bias[o + i] : 0.0f;
