@@ -500,13 +500,13 @@ def test_build_is_cached_per_cpu_and_source(tmp_path):
 @needs_native
 def test_a_folder_others_can_write_into_is_not_used(tmp_path):
     """The library is never loaded from (or built into) a folder writable by other users."""
-    shared = tmp_path / "shared"
-    (shared / "gpt2-handbuilt").mkdir(parents=True)
-    (shared / "gpt2-handbuilt").chmod(0o777)
-    env = dict(os.environ, GPT2_NATIVE_CACHE=str(shared), TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT))
+    loose = tmp_path / "world-writable"
+    (loose / "gpt2-handbuilt").mkdir(parents=True)
+    (loose / "gpt2-handbuilt").chmod(0o777)
+    env = dict(os.environ, GPT2_NATIVE_CACHE=str(loose), TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT))
     (tmp_path / "tmp").mkdir()
     code = "from gpt2 import native; native.available(); print(native._load()._name)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().startswith(str(tmp_path / "tmp"))  # the private fallback, not `shared`
-    assert not list((shared / "gpt2-handbuilt").iterdir())
+    assert done.stdout.strip().startswith(str(tmp_path / "tmp"))  # the private fallback, not `loose`
+    assert not list((loose / "gpt2-handbuilt").iterdir())
