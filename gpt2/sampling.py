@@ -21,6 +21,21 @@ _SMALL_SUPPORT = 2048  # at most this many kept tokens: sample from their top-k 
 _NUCLEUS_PROBE = 1024  # top-p looks for the nucleus among this many most likely tokens first
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The tokens one draw can pick (`ids`, token-id order) and their processed logits (`values`): the
+    distribution actually sampled from, without a vocabulary-sized tensor. `processed()` spells it out
+    over the whole vocabulary (-inf elsewhere) for whoever inspects it."""
+
+    values: torch.Tensor  # (n,) logits after penalty / temperature / top-k / top-p
+    ids: torch.Tensor  # (n,) ascending token ids
+    n_vocab: int
+
+    def processed(self) -> torch.Tensor:
+        out = torch.full((self.n_vocab,), float("-inf"), dtype=self.values.dtype, device=self.values.device)
+        return out.index_put_((self.ids,), self.values)
+
+
 def _number(name: str, value: object) -> float:
     # bool is an int subclass; "True" as a temperature is a client bug, not a number.
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -85,40 +100,56 @@ class SamplingParams:
             keep = torch.zeros_like(x, dtype=torch.bool)
             keep.scatter_(-1, x.argmax(dim=-1, keepdim=True), True)
             return x.masked_fill(~keep, float("-inf"))
+        if 0 < self.top_k < x.shape[-1]:  # (before the temperature, which keeps the order)
+            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
+            x = x.masked_fill(x < kth, float("-inf"))  # a logit tying the k-th stays
         x = x / self.temperature
-        if 0 < self.top_k < x.shape[-1]:
-            return self._top_k_then_p(x)[0]
         if self.top_p < 1.0:
             x = _top_p(x, self.top_p)
         return x
 
-    def _top_k_then_p(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Top-k (then top-p) of scaled logits `x` `(B, V)`, and the kept tokens as candidates when every
-        row keeps exactly k before top-p (no logit outside the k largest ties the k-th; else None).
+    def shortlist(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> list[Kept | None]:
+        """For each row of `logits` `(B, V)`, the `Kept` tokens of `process(logits, seen)` — found with
+        one `topk` over the vocabulary and a few operations on the k values, never a vocabulary-sized
+        intermediate (the per-token cost of sampling was a dozen passes over 50257 logits a row).
 
-        Top-p then only has to look at the k kept values: their softmax is the distribution after top-k
-        (the dropped tokens have probability 0), and in descending order its nucleus is a prefix — one
-        pass over k values instead of a softmax and a partial sort of the whole vocabulary.
+        Greedy keeps the argmax. With top-k, the k largest penalised logits are the kept set unless a
+        logit outside them ties the k-th (then that row gets None, and `process` is the way); top-p then
+        keeps the prefix of those k, in descending order, that first reaches p. Every row's result is
+        computed from that row alone (the batched `topk` selects exactly), so a row gets the same tokens
+        whatever else is in the batch. None for every row when top-k is off (top-p alone: `process`).
         """
+        x = self._penalised(logits, seen)
+        V = x.shape[-1]
+        if self.greedy:
+            ids = x.argmax(dim=-1, keepdim=True)  # (B, 1)
+            return [Kept(v, i, V) for v, i in zip(x.gather(-1, ids), ids)]
+        if not 0 < self.top_k < V:
+            return [None] * x.shape[0]
         values, idx = torch.topk(x, self.top_k, dim=-1)  # (B, k), descending
-        drop = x < values[..., -1:]
-        exact = bool(((~drop).sum(dim=-1) == self.top_k).all())
-        x = x.masked_fill(drop, float("-inf"))
-        if self.top_p < 1.0:
-            if not exact:  # a tie at the k-th value keeps more than k: the general nucleus
-                return _top_p(x, self.top_p), None
-            probs = torch.softmax(values, dim=-1)
-            keep = (probs.cumsum(dim=-1) - probs) < self.top_p  # the tokens before it do not reach p yet
-            keep[..., 0] = True
-            x = x.masked_fill(~torch.zeros_like(drop).scatter(-1, idx, keep), float("-inf"))
-            n = keep.sum(dim=-1)
-            if not bool((n == n[0]).all()):  # rows keep different numbers: as `_even_candidates`
-                return x, None
-            values, idx = values[..., : int(n[0])], idx[..., : int(n[0])]  # the nucleus is a prefix
-        if not exact:
-            return x, None
-        idx, order = idx.sort(dim=-1)
-        return x, (values.gather(-1, order), idx)
+        exact = ((x >= values[:, -1:]).sum(dim=-1) == self.top_k).tolist()
+        values = values / self.temperature
+        out: list[Kept | None] = []
+        for row_values, row_idx, ok in zip(values, idx, exact):
+            if not ok:
+                out.append(None)
+                continue
+            if self.top_p < 1.0:
+                probs = torch.softmax(row_values, dim=-1)
+                keep = (probs.cumsum(dim=-1) - probs) < self.top_p  # the tokens before it do not reach p
+                keep[0] = True
+                n = int(keep.sum())
+                row_values, row_idx = row_values[:n], row_idx[:n]
+            ids, order = row_idx.sort()
+            out.append(Kept(row_values[order], ids, V))
+        return out
+
+    def draw(self, kept: Kept, generator: torch.Generator | None) -> int:
+        """One token from a row's `Kept` set (the same draw `choose` makes from its candidates)."""
+        if self.greedy:
+            return int(kept.ids[0])
+        pick = torch.multinomial(torch.softmax(kept.values[None], dim=-1), 1, generator=generator)
+        return int(kept.ids[pick[0, 0]])
 
     def _penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         x = logits.float()
@@ -142,29 +173,6 @@ class SamplingParams:
         values, idx = processed.topk(n_kept, dim=-1)  # (B, n)
         idx, order = idx.sort(dim=-1)
         return values.gather(-1, order), idx
-
-    def process_with_candidates(
-        self, logits: torch.Tensor, seen: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """`process(logits, seen)` and, when every row keeps the same number of tokens, `candidates`
-        of the result; exactly what calling the two would give (None for greedy or uneven rows).
-
-        With top-k (the common setting, alone or with top-p) both come out of one `topk` call instead of
-        more passes over the vocabulary: the k largest are the kept set unless a logit outside them ties
-        the k-th, which the count checks (then the general path runs).
-        """
-        if self.greedy:
-            return self.process(logits, seen), None
-        if not 0 < self.top_k < logits.shape[-1]:
-            processed = self.process(logits, seen)
-            return processed, self._even_candidates(processed)
-        processed, candidates = self._top_k_then_p(self._penalised(logits, seen) / self.temperature)
-        return processed, candidates if candidates is not None else self._even_candidates(processed)
-
-    def _even_candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`candidates(processed)` when every row keeps the same number of tokens, else None."""
-        kept = torch.isfinite(processed).sum(dim=-1)
-        return self.candidates(processed) if bool((kept == kept.view(-1)[0]).all()) else None
 
     def choose(
         self,

@@ -29,7 +29,7 @@ import torch
 
 from .model import GPT2, KVCache
 from .request import LIBRARY, Limits, Request
-from .sampling import SamplingParams
+from .sampling import Kept, SamplingParams
 from .sequence import Sequence, Step, prompt_ids
 from .tokenizer import Tokenizer
 
@@ -387,11 +387,11 @@ class BatchScheduler:
         # clone: a Step must not keep the whole (B, V) batch tensor alive.
         per_row = [logits[0]] if len(rows) == 1 else [row.clone() for row in logits]
         prepared = prepare_sampling([seq.params for seq in seqs], [seq.seen for seq in seqs], per_row)
-        for (job, i), row, (processed, candidates) in zip(rows, per_row, prepared):
-            self._guarded([job], self._advance, job, i, row, processed, candidates)
+        for (job, i), row, kept in zip(rows, per_row, prepared):
+            self._guarded([job], self._advance, job, i, row, kept)
 
-    def _advance(self, job: _Job, i: int, row: torch.Tensor, processed, candidates) -> None:
-        self._emit(job, i, job.seqs[i].advance(row, processed, candidates))
+    def _advance(self, job: _Job, i: int, row: torch.Tensor, kept: Kept | None) -> None:
+        self._emit(job, i, job.seqs[i].advance(row, kept))
 
     def _emit(self, job: _Job, i: int, steps: list[Step]) -> None:
         for step in steps:
@@ -404,31 +404,26 @@ class BatchScheduler:
 
 def prepare_sampling(
     params: list[SamplingParams], seen: list[torch.Tensor], rows: list[torch.Tensor]
-) -> list[tuple]:
-    """Transform the logits of rows that share sampling settings in one batched call each.
-
-    Only where that is exact to the bit, so a row still gets what it would get alone: penalty,
-    temperature, top-k and argmax are elementwise or selections (top-p's softmax/cumsum is left per row),
-    and shared candidates only when every row of the group keeps the same number.
-    Returns `(processed, candidates)` per row, `(None, None)` where the sequence does it alone.
+) -> list[Kept | None]:
+    """Each row's `Kept` tokens, the rows that share sampling settings shortlisted in one batched call
+    (one `topk` for all of them). `shortlist` computes every row from that row alone, so a row gets
+    exactly what it would get by itself. None where the sequence samples alone (its whole-vocabulary path).
     """
-    prepared: list[tuple] = [(None, None)] * len(rows)
+    prepared: list[Kept | None] = [None] * len(rows)
     groups: dict[SamplingParams, list[int]] = {}
     for i, p in enumerate(params):
-        if p.top_p == 1.0:
-            groups.setdefault(p, []).append(i)
+        groups.setdefault(p, []).append(i)
     for p, members in groups.items():
-        if len(members) < 2:
-            continue
+        penalised = p.repetition_penalty != 1.0
         try:
-            processed, candidates = p.process_with_candidates(
-                torch.stack([rows[i] for i in members]), torch.stack([seen[i] for i in members])
+            kept = p.shortlist(
+                torch.stack([rows[i] for i in members]),
+                torch.stack([seen[i] for i in members]) if penalised else None,
             )
         except Exception:  # leave this group to the per-row path, which fails rows one by one
             continue
-        for j, i in enumerate(members):
-            row_candidates = None if candidates is None else tuple(c[j : j + 1] for c in candidates)
-            prepared[i] = (processed[j], row_candidates)
+        for i, row_kept in zip(members, kept):
+            prepared[i] = row_kept
     return prepared
 
 

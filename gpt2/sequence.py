@@ -21,7 +21,7 @@ import torch
 
 from .inspect import score_positions
 from .request import Request
-from .sampling import make_generator
+from .sampling import Kept, make_generator
 from .tokenizer import Tokenizer
 
 
@@ -41,10 +41,16 @@ class Step:
     token: int | None
     text: str
     logits: torch.Tensor | None = None
-    processed: torch.Tensor | None = None
+    sampled: Kept | torch.Tensor | None = None  # what the token was drawn from (see `processed`)
     finish_reason: str | None = None
     prompt_scores: tuple[list[float], list[int]] | None = None
     sample: int = 0  # which sample of an n > 1 request this step belongs to
+
+    @property
+    def processed(self) -> torch.Tensor | None:
+        """The processed logits `(V,)`, -inf outside the kept set; spelled out on demand (most steps are
+        never inspected, and sampling keeps only the few dozen kept tokens)."""
+        return self.sampled.processed() if isinstance(self.sampled, Kept) else self.sampled
 
 
 class TextStream:
@@ -149,15 +155,10 @@ class Sequence:
         n = len(self.window) - self.filled
         return 0 if self.score_prompt and self.produced == 0 else n - 1
 
-    def advance(
-        self,
-        logits: torch.Tensor,
-        processed: torch.Tensor | None = None,
-        candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> list[Step]:
+    def advance(self, logits: torch.Tensor, kept: Kept | None = None) -> list[Step]:
         """Take the model's logits for `next_input()` (rows from `logits_from`; the last row predicts the
         next token), draw it and return the steps to emit: the token's step, then the final step when the
-        sequence ends. `processed`/`candidates` may be given when a driver prepared them in a batch."""
+        sequence ends. `kept` may be given when a driver shortlisted a batch of rows at once."""
         scores = None
         if self.score_prompt and self.produced == 0:
             scores = score_positions(logits[:-1], self.window[1:])
@@ -165,14 +166,19 @@ class Sequence:
             logits = logits[-1] if logits.shape[0] == 1 else logits[-1].clone()  # let the (T, V) go
         self.filled = len(self.window)
         params = self.params
-        if processed is None:
-            processed, candidates = params.process_with_candidates(logits.unsqueeze(0), self.seen)
-            processed = processed[0]
-        token = int(params.choose(processed.unsqueeze(0), self.generator, candidates)[0])
+        if kept is None:
+            kept = params.shortlist(logits.unsqueeze(0), self.seen)[0]
+        if kept is not None:
+            sampled: Kept | torch.Tensor = kept
+            token = params.draw(kept, self.generator)
+        else:  # top-p alone, or a tie at the k-th logit: the whole-vocabulary path
+            processed = params.process(logits.unsqueeze(0), self.seen)
+            sampled = processed[0]
+            token = int(params.choose(processed, self.generator)[0])
         self.produced += 1
         if token == self.tokenizer.eot_token:
             return [self._finish("eot", scores)]
-        step = Step(token, self.stream.push(self.tokenizer.token_bytes(token)), logits, processed)
+        step = Step(token, self.stream.push(self.tokenizer.token_bytes(token)), logits, sampled)
         step.prompt_scores = scores
         if self.stream.stopped:
             return [step, self._finish("stop")]

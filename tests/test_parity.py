@@ -78,3 +78,24 @@ def test_greedy_100_tokens_equal_hf_generate(pair, tokenizer):
     assert n > 0 and got == want[:n]
     if n < 100:
         assert want[n] == tokenizer.eot_token
+
+
+def test_gelu_and_layernorm_are_the_written_out_formulas():
+    # model.py calls torch's fused kernels; these are the formulas GPT-2 was trained with, written out.
+    import math
+
+    from gpt2.model import LN_EPS, LayerNorm, gelu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 768, generator=g) * 3
+    formula = 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    torch.testing.assert_close(gelu(x), formula, rtol=1e-6, atol=1e-6)
+
+    ln = LayerNorm(768)
+    with torch.no_grad():
+        ln.weight.normal_(generator=g)
+        ln.bias.normal_(generator=g)
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).pow(2).mean(-1, keepdim=True)  # biased
+    expected = (x - mean) / torch.sqrt(var + LN_EPS) * ln.weight + ln.bias
+    torch.testing.assert_close(ln(x), expected.detach(), rtol=1e-5, atol=1e-5)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import WIDE, random_model
 
+import gpt2.precision as packing
 from gpt2 import PRECISIONS, load_model, native, quantize, save_model
 from gpt2.engine import attach
-from gpt2.precision import Int8Linear, weight_bytes_per_token
+from gpt2.precision import Bf16Linear, Int8Linear, weight_bytes_per_token
 
 # max |logits − fp32 logits| / max |fp32 logits| on random 768-wide weights (see docs/engine.md).
 REL_TOL = {"fp32": 1e-5, "bf16": 1e-2, "int8": 3e-2}
@@ -57,6 +58,21 @@ def test_int8_weights_per_row_round_trip():
     assert ((lin.dequantized() - w).abs().amax(dim=1) <= 0.501 * w.abs().amax(dim=1) / 127).all()
     x = torch.randn(3, 768)
     assert rel_err(lin(x), torch.nn.functional.linear(x, w, b)) <= 2e-2
+
+
+@pytest.mark.parametrize("cls", [Bf16Linear, Int8Linear], ids=["bf16", "int8"])
+def test_wide_layers_are_widened_in_slices_with_the_same_bits(monkeypatch, cls):
+    """PyTorch's path widens a wide packed weight a slice of rows at a time (no head-sized fp32 copy per
+    call): the result is what widening it whole gives (up to the matmul's summation order), with or
+    without a bias."""
+    torch.manual_seed(0)
+    for bias in (torch.randn(95), None):
+        lin = cls(torch.randn(95, 64), bias)
+        x = torch.randn(5, 64)
+        whole = torch.nn.functional.linear(x, lin.dequantized(), lin.bias)
+        monkeypatch.setattr(packing, "WIDEN_BYTES", 4 * 64 * 10)  # slices of 10 rows: 9 full + 5
+        torch.testing.assert_close(lin(x), whole, rtol=1e-5, atol=1e-5)
+        monkeypatch.undo()
 
 
 def test_bytes_per_token_shrink_with_precision():

@@ -145,34 +145,37 @@ def test_resolve_seed():
     [
         dict(temperature=0.8, top_k=40),
         dict(temperature=1.0, top_k=40, repetition_penalty=1.3),
-        dict(temperature=1.0, top_k=5, top_p=0.9),
-        dict(temperature=0.7, top_p=0.95),
+        dict(temperature=0.9, top_k=40, top_p=0.95),
+        dict(temperature=1.0, top_k=5, top_p=0.5),
         dict(temperature=0.0),
+        dict(temperature=0.0, repetition_penalty=2.0),
     ],
-    ids=["top-k", "top-k+penalty", "top-k+top-p", "top-p", "greedy"],
+    ids=["top-k", "top-k+penalty", "top-k+top-p", "narrow-top-p", "greedy", "greedy+penalty"],
 )
-@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "tie-at-kth"])
-def test_process_with_candidates_equals_the_two_steps(settings, ties):
-    """The one-pass top-k shortcut gives bit for bit what `process` then `candidates` give."""
+def test_shortlist_is_the_processed_distribution_and_draws_alike(settings):
+    """`shortlist` keeps exactly the tokens and processed logits of `process`, row by row, batched or
+    alone, and `draw` picks what `choose` picks from the same generator state."""
     params = SamplingParams(**settings)
-    g = torch.Generator().manual_seed(3)
-    logits = torch.randn(4, 50257, generator=g) * 3
-    seen = torch.rand(4, 50257, generator=g) < 0.01
-    if ties:  # a logit outside the top k equal to the k-th: the kept set is larger than k
-        k = settings.get("top_k") or 40
-        x = logits / (settings["temperature"] or 1.0)
-        kth, _ = torch.topk(x, k, dim=-1)
-        logits[1, x[1].argmin()] = kth[1, -1] * (settings["temperature"] or 1.0)
-        seen[1] = False
-    processed, candidates = params.process_with_candidates(logits, seen)
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 50257, generator=g) * 3
+    seen = torch.rand(6, 50257, generator=g) < 0.01
     want = params.process(logits, seen)
-    assert torch.equal(processed, want)
-    if params.greedy:
-        assert candidates is None
-        return
-    kept = torch.isfinite(want).sum(dim=-1)
-    if bool((kept == kept[0]).all()):
-        values, idx = params.candidates(want)
-        assert torch.equal(candidates[0], values) and torch.equal(candidates[1], idx)
-    else:
-        assert candidates is None
+    batched = params.shortlist(logits, seen)
+    for row in range(6):
+        alone = params.shortlist(logits[row : row + 1], seen[row])[0]
+        for kept in (batched[row], alone):
+            assert torch.equal(kept.processed(), want[row])
+            assert torch.equal(kept.ids, kept.ids.sort().values)
+        for seed in range(5):
+            a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            assert params.draw(batched[row], a) == int(params.choose(want[row : row + 1], b)[0])
+
+
+def test_shortlist_leaves_ties_and_top_p_alone_to_the_full_path():
+    logits = torch.randn(2, 1000, generator=torch.Generator().manual_seed(0))
+    k = 10
+    kth = torch.topk(logits[1], k).values[-1]
+    logits[1, logits[1].argmin()] = kth  # an 11th logit equal to the 10th: the kept set is 11 wide
+    tied = SamplingParams(temperature=1.0, top_k=k).shortlist(logits)
+    assert tied[0] is not None and tied[0].ids.numel() == k and tied[1] is None
+    assert SamplingParams(temperature=1.0, top_p=0.9).shortlist(logits) == [None, None]

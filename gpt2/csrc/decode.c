@@ -14,8 +14,9 @@
  *   fp32  float weights, fp32 activations;
  *   bf16  bf16 weights (uint16 bits). Widened to fp32 in registers (a bf16 is the top half of an fp32)
  *         and multiplied with fp32 activations: only the weights are rounded, and it costs nothing in a
- *         loop that waits on memory. CPUs with AVX512-BF16 use vdpbf16ps instead, with each activation
- *         split into two bf16 parts (hi + lo) so the products still keep ~16 bits of the activation;
+ *         loop that waits on memory. Also on CPUs with AVX512-BF16: vdpbf16ps needs the activations in
+ *         bf16 too (split hi + lo to keep their precision: two dot products per weight), which measured
+ *         1.6x slower per token than widening on a Sapphire Rapids (docs/engine.md);
  *   int8  int8 weights with one fp32 scale per output row; activations become 16-bit integers with one
  *         scale per group of 64 values (finer than bf16's 8-bit mantissa), so only weights are coarse;
  *         int16 x int16 pair products (vpmaddwd, or vpdpwssd with VNNI) summed exactly in int32 lanes.
@@ -284,52 +285,19 @@ static inline vf vgelu(vf x) {
 
 /* ---------------------------------------------------------------- activations, per precision */
 
-/* bf16 weights use vdpbf16ps (and the hi/lo activations) where the CPU has it, else the widening kernel. */
-#if GPT2_ISA == 512 && defined(__AVX512BF16__)
-#define BF16_DP 1
-#else
-#define BF16_DP 0
-#endif
-
 /* A linear layer's input rows, in the form its kernel consumes. */
 typedef struct {
-    const float *f32;  /* fp32 and widened bf16: the rows as they are, [rows, in] */
-    uint16_t *hi, *lo; /* vdpbf16ps bf16: x ~= hi + lo, [rows, in] each */
-    int16_t *q;        /* int8 mode: 16-bit codes, [rows, in] */
-    float *qs;         /* int8 mode: one scale per row and group, [rows, in / GROUP] */
+    const float *f32; /* fp32 and bf16: the rows as they are, [rows, in] */
+    int16_t *q;       /* int8 mode: 16-bit codes, [rows, in] */
+    float *qs;        /* int8 mode: one scale per row and group, [rows, in / GROUP] */
     int64_t in;
 } Act;
 
-#if BF16_DP
-static inline uint16_t bf16_round(float f) { /* round to nearest even; inputs are finite here */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-#endif
-
-/* Convert row r of x (fp32, length in) into act's buffers for `precision` (fp32 and widened bf16 read
+/* Convert row r of x (fp32, length in) into act's buffers for `precision` (fp32 and bf16 read
  * x itself). int8: per group of 64, scale = max|x| / 32767 and code = round(x / scale), so the largest
  * value maps to +-32767 and no code leaves [-32767, 32767]. */
 static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
     const int64_t in = act->in;
-#if BF16_DP
-    if (precision == PREC_BF16) {
-        uint16_t *hi = act->hi + r * in, *lo = act->lo + r * in;
-        for (int64_t k = 0; k < in; k++) {
-            hi[k] = bf16_round(x[k]);
-            lo[k] = bf16_round(x[k] - bf16_value(hi[k]));
-        }
-    }
-#endif
     if (precision == PREC_INT8) {
         int16_t *q = act->q + r * in;
         float *qs = act->qs + r * (in / GROUP);
@@ -383,32 +351,6 @@ static inline __attribute__((always_inline)) void tile_wide(const void *W, int B
         for (int b = 0; b < NB; b++) out[i][b] = vsum(a[i][b]);
 }
 
-#if BF16_DP
-/* bf16 weights: each chunk adds w*hi, then w*lo, the activation's two bf16 parts (see the top). */
-static inline __attribute__((always_inline)) void tile_bf16dp(const uint16_t *W, const uint16_t *H,
-                                                              const uint16_t *L, int64_t in, int NO, int NB,
-                                                              float out[4][4]) {
-    __m512 a[4][4];
-    for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) a[i][b] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < in; k += 32) {
-        __m512bh h[4], l[4];
-        for (int b = 0; b < NB; b++) {
-            h[b] = (__m512bh)_mm512_loadu_si512(H + b * in + k);
-            l[b] = (__m512bh)_mm512_loadu_si512(L + b * in + k);
-        }
-        for (int i = 0; i < NO; i++) {
-            if (NO > 1) PREFETCH_NEXT(W + (i + NO) * in + k);
-            __m512bh w = (__m512bh)_mm512_loadu_si512(W + i * in + k);
-            for (int b = 0; b < NB; b++)
-                a[i][b] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(a[i][b], w, h[b]), w, l[b]);
-        }
-    }
-    for (int i = 0; i < NO; i++)
-        for (int b = 0; b < NB; b++) out[i][b] = _mm512_reduce_add_ps(a[i][b]);
-}
-#endif
-
 /* int8 weights x 16-bit activation codes: vdot_i16 adds pairs of int16 products into int32 lanes,
  * exactly; each group of 64 values goes to fp32 with its activation scale before the next. No int32
  * overflow: a lane sums at most the group's 64 products, |w| <= 127 and |q| <= 32767, and
@@ -444,11 +386,7 @@ static inline __attribute__((always_inline)) void
 tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
     const int64_t in = L->in;
     if (precision == PREC_BF16) {
-#if BF16_DP
-        tile_bf16dp((const uint16_t *)L->w + o * in, a->hi + b0 * in, a->lo + b0 * in, in, NO, NB, out);
-#else
         tile_wide((const uint16_t *)L->w + o * in, 1, a->f32 + b0 * in, in, NO, NB, out);
-#endif
     } else if (precision == PREC_INT8) {
         tile_int8((const int8_t *)L->w + o * in, a->q + b0 * in, a->qs + b0 * (in / GROUP), in, NO, NB, out);
         for (int i = 0; i < NO; i++)
@@ -743,19 +681,15 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     float *qkv = alloc(sizeof(float) * n * 3 * C);
     float *y = alloc(sizeof(float) * n * C); /* attention output */
     Act act = {.in = 0};
-    act.hi = alloc(sizeof(uint16_t) * n * widest);
-    act.lo = alloc(sizeof(uint16_t) * n * widest);
     act.q = alloc(sizeof(int16_t) * n * widest);
     act.qs = alloc(sizeof(float) * n * (widest / GROUP));
     float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
-    const int ok = x && h && qkv && y && act.hi && act.lo && act.q && act.qs && scores;
+    const int ok = x && h && qkv && y && act.q && act.qs && scores;
     if (ok) run(m, c, n, tokens, positions, slots, logits_from, logits, nthreads, x, h, qkv, y, &act, scores);
     free(x);
     free(h);
     free(qkv);
     free(y);
-    free(act.hi);
-    free(act.lo);
     free(act.q);
     free(act.qs);
     free(scores);
