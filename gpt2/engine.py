@@ -22,6 +22,9 @@ from .model import GPT2, KVCache
 # 124M shapes, 2 threads (prefill ms engine/torch). AVX-512 (EPYC with avx512_bf16): fp32 32 tokens 50/51,
 # 64: 89/77; bf16 20: 24/26, 32: 36/32; int8 64: 47/60, 128: 94/98. AVX2 (EPYC Zen 3): fp32 64: 189/216,
 # 128: 375/348; bf16 128: 325/412, 256: 602/519; int8 512: 947/1295 (torch widens int8 weights per call).
+# Again on AVX2 after torch's path stopped widening the head whole: bf16 192: 447/507, 256: 617/583; int8
+# 512: 843/1154, 768: 1561/1529, 1000: 2146/2171 (a tie from ~700 tokens on). AVX-512's bf16 figure was
+# measured with the vdpbf16ps kernel, since replaced by the faster widening one: 24 is conservative there.
 PROMPT_MAX = {
     512: {"fp32": 32, "bf16": 24, "int8": 128},
     256: {"fp32": 96, "bf16": 192, "int8": 1024},
