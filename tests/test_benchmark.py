@@ -176,3 +176,21 @@ def test_bad_arguments_are_refused():
     if LLAMA_MISSING:
         proc = run_bench("--variants", "fp32,llama-f32", timeout=120)
         assert proc.returncode == 2 and "llama.cpp variants asked for" in proc.stderr
+
+
+@pytest.mark.skipif(not native.available("fp32"), reason="native engine unavailable")
+def test_engine_ab_times_two_builds_side_by_side():
+    """The A/B tool builds both sources, alternates them and reports identical bits for identical code."""
+    source = str(ROOT / "gpt2" / "csrc" / "decode.c")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.engine_ab", source, source, "--precisions", "fp32,int8"]
+        + ["--rows", "1,3", "--reps", "2", "--layers", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if " rows=" in line]
+    assert len(lines) == 4 and all(line.endswith("same bits True") and "B/A" in line for line in lines)
