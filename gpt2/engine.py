@@ -4,7 +4,8 @@ The engine (`gpt2/native.py`, `gpt2/csrc/decode.c`) reads the model's own tensor
 the fp32 `nn.Linear` weights, or the bf16/int8 storage `gpt2.precision.quantize` put in their place —
 so nothing is copied and the model stays the one specification. `GPT2.step` hands a call to the engine
 when `Engine.takes` it: every batched decode step (one token for each of several rows) and prompts of up
-to `PROMPT_MAX[precision]` tokens; longer prompts are compute-bound, where PyTorch's GEMMs win.
+to `PROMPT_MAX[precision]` tokens. Longer prompts are compute-bound and take PyTorch's path, where GEMMs
+win: torch's for fp32 layers, the engine's own (`native.linear`) for bf16/int8 layers.
 `attach` is explicit (`gpt2.load_model` does it by default); moving the model (`.to(...)`) detaches it.
 """
 
@@ -18,16 +19,19 @@ from . import native
 from .model import GPT2, KVCache
 
 # Prompts up to this many tokens run in the engine (its kernels read each weight once for all rows);
-# longer ones through torch's GEMMs, which win once the matmuls are compute-bound. Crossovers measured on
+# longer ones through GEMMs, which win once the matmuls are compute-bound. Crossovers measured on
 # 124M shapes, 2 threads (prefill ms engine/torch). AVX-512 (EPYC with avx512_bf16): fp32 32 tokens 50/51,
 # 64: 89/77; bf16 20: 24/26, 32: 36/32; int8 64: 47/60, 128: 94/98. AVX2 (EPYC Zen 3): fp32 64: 189/216,
 # 128: 375/348; bf16 128: 325/412, 256: 602/519; int8 512: 947/1295 (torch widens int8 weights per call).
 # Again on AVX2 after torch's path stopped widening the head whole: bf16 192: 447/507, 256: 617/583; int8
 # 512: 843/1154, 768: 1561/1529, 1000: 2146/2171 (a tie from ~700 tokens on). AVX-512's bf16 figure was
 # measured with the vdpbf16ps kernel, since replaced by the faster widening one: 24 is conservative there.
+# Since PyTorch's path sends packed layers to the engine's GEMM (gpt2/precision.py), AVX2: bf16 64: 160/164,
+# 96: 222/219, 128: 289/273; int8 512: 1014/1013, 768: 1616/1682, 1000: 2468/2325 (a tie: left as it was).
+# AVX-512 (Xeon, Sapphire Rapids class): bf16 64: 66/75, 96: 98/92; int8 192: 159/159, 256: 215/209.
 PROMPT_MAX = {
-    512: {"fp32": 32, "bf16": 24, "int8": 128},
-    256: {"fp32": 96, "bf16": 192, "int8": 1024},
+    512: {"fp32": 32, "bf16": 80, "int8": 192},
+    256: {"fp32": 96, "bf16": 80, "int8": 1024},
 }
 HEAD_DIMS = (16, 32, 48, 64)
 

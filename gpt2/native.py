@@ -1,7 +1,8 @@
 """The native decode engine: `csrc/decode.c`, compiled for this CPU on first use and called via ctypes.
 
 `gpt2.engine` binds it to a `GPT2` (`GPT2.step` then runs decode steps and short prompts here); longer
-prompts, and any machine where it is not available, keep the PyTorch path. It is built with the system C
+prompts, and any machine where it is not available, keep the PyTorch path, whose bf16/int8 layers call
+`linear` (the engine's GEMM) where it is built. It is built with the system C
 compiler (`cc -O3 -march=native -fopenmp`) into a per-user cache keyed by the source, the flags and the CPU,
 in about a second, once. On AVX-512 (F/BW/VL/DQ) and on AVX2 + FMA it serves fp32, bf16 and int8 (see the
 top of decode.c for the kernels). Nothing here is required: no compiler, an older CPU, or `GPT2_NATIVE=0`
@@ -49,7 +50,7 @@ _FEATURE_BITS = {"fp32": 1, "bf16": 2, "int8": 4}
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 # decode.c's GPT2_ABI_VERSION: the structs below, the entry points and the error codes. A library that
 # reports another number is never called (a stale build, or a source edited without updating this).
-ABI_VERSION = 2
+ABI_VERSION = 3
 # gpt2_required_isa()'s bits, as /proc/cpuinfo names the extensions.
 _ISA_FLAGS = (
     "avx2",
@@ -227,6 +228,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         ctypes.c_int64,
         ctypes.c_void_p,
         ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    lib.gpt2_linear.restype = ctypes.c_int
+    lib.gpt2_linear.argtypes = [
+        ctypes.POINTER(_Linear),
+        ctypes.c_int64,
         ctypes.c_void_p,
         ctypes.c_int64,
         ctypes.c_void_p,
@@ -491,3 +501,62 @@ class NativeModel:
                 f"native forward refused its arguments: {ERRORS.get(rc, 'unknown error')} (code {rc})"
             )
         return logits
+
+
+def runs_linear(precision: str, in_features: int) -> bool:
+    """Whether `linear` takes a `precision` layer this wide here (bf16/int8, inputs a multiple of 64)."""
+    return precision in ("bf16", "int8") and in_features % 64 == 0 and available(precision)
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """`x W^T + b` for a bf16 or int8 layer (`gpt2.precision`'s storage: weight `[out, in]` bf16, or int8
+    with fp32 per-row `scale`), fp32 `x` of shape `(..., in)`, on the CPU: decode.c's `gpt2_linear`.
+    Many rows run a blocked GEMM that widens the weight block by block as it packs it (the same values
+    PyTorch's path multiplies, without an fp32 copy of the weight per call); a few rows, the decode
+    kernels. Checked here first: a ValueError says what does not fit, and nothing runs."""
+    precision = {torch.bfloat16: "bf16", torch.int8: "int8"}.get(getattr(weight, "dtype", None))
+    if precision is None:
+        got = getattr(weight, "dtype", type(weight).__name__)
+        raise ValueError(f"native linear takes bf16 or int8 weights, got {got}")
+    lib = _load()
+    if lib is None or not runs_linear(precision, weight.shape[-1] if weight.dim() == 2 else 0):
+        raise RuntimeError(f"native linear unavailable for {precision}: {unavailable_reason(precision)}")
+    if weight.dim() != 2:
+        raise ValueError(f"native linear weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+    out, in_ = weight.shape
+    _check_tensor("linear weight", weight, (out, in_), weight.dtype)
+    if (scale is None) != (precision != "int8"):
+        raise ValueError("native linear: int8 weights need per-row fp32 scales, bf16 weights none")
+    if scale is not None:
+        _check_tensor("linear scale", scale, (out,), torch.float32)
+    if bias is not None:
+        _check_tensor("linear bias", bias, (out,), torch.float32)
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype != torch.float32:
+        raise ValueError("native linear input must be an fp32 CPU tensor")
+    if x.dim() < 1 or x.shape[-1] != in_:
+        raise ValueError(f"native linear input must end in {in_} features, got shape {tuple(x.shape)}")
+    rows = x.reshape(-1, in_).contiguous()
+    y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)
+    if rows.shape[0] == 0:
+        return y
+    spec = _Linear(
+        weight.data_ptr(),
+        None if scale is None else scale.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        out,
+        in_,
+    )
+    rc = lib.gpt2_linear(
+        ctypes.byref(spec),
+        PRECISION_CODES[precision],
+        rows.data_ptr(),
+        rows.shape[0],
+        y.data_ptr(),
+        max(1, torch.get_num_threads()),
+    )
+    if rc != 0:
+        message = ERRORS.get(rc, "unknown error")
+        raise ValueError(f"native linear refused its arguments: {message} (code {rc})")
+    return y

@@ -10,9 +10,11 @@ that store their weight in fewer bytes, in place, in the row-major `[out, in]` l
 - "int8": int8 weights with one fp32 scale per output row (symmetric, absmax / 127; a quarter of the bytes).
 
 The embeddings, LayerNorms, residual stream and KV cache stay fp32 in every mode. On PyTorch's path
-(prompts too long for the engine's kernels, or no engine) these modules widen their weight to fp32 per
-call and use fp32 GEMMs: on CPUs without native bf16 that is faster than bf16 arithmetic, and the
-results match what the engine computes up to the engine's activation rounding.
+(prompts longer than the engine's step takes) these modules compute in fp32 with the weight widened
+exactly: through the engine's GEMM (`native.linear`), which widens the weight block by block as it packs
+it, or, where the engine is not built, by widening it in torch per call (slower: a 4-byte copy of every
+weight per call). Widening, not bf16 arithmetic, because only the weights should be rounded, and on CPUs
+without native bf16 it is also the faster way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
 from .model import GPT2
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -33,17 +36,17 @@ def check_precision(precision: object) -> str:
     return precision  # type: ignore[return-value]
 
 
-# The widest fp32 copy of a packed weight PyTorch's path makes at once. Widening the 124M head (50257 x 768)
-# in one piece allocated 154 MB per call, and faulting those pages in cost ~100 ms: more than the head's
-# matmul for a whole prompt. Slices of at most this size are reused from the heap (glibc serves blocks
-# under 32 MB from it after the first) and stay in cache for their matmul: one row of head logits
-# 112 -> 12 ms on a 2-core Zen 3. Narrower layers are widened whole: splitting a block's 3072-row
-# weight only cut its matmul into less efficient pieces.
+# Without the engine: the widest fp32 copy of a packed weight torch makes at once. Widening the 124M
+# head (50257 x 768) in one piece allocated 154 MB per call, and faulting those pages in cost ~100 ms:
+# more than the head's matmul for a whole prompt. Slices of at most this size are reused from the heap
+# (glibc serves blocks under 32 MB from it after the first) and stay in cache for their matmul: one row
+# of head logits 112 -> 12 ms on a 2-core Zen 3. Narrower layers are widened whole: splitting a block's
+# 3072-row weight only cut its matmul into less efficient pieces.
 WIDEN_BYTES = 16 << 20
 
 
 class PackedLinear(nn.Module):
-    """A linear layer whose weight is stored in fewer bytes; PyTorch's path widens it to fp32 per call."""
+    """A linear layer whose weight is stored in fewer bytes, computed in fp32 (see the module docstring)."""
 
     precision = "fp32"
     out_features: int
@@ -56,6 +59,10 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
+        # The engine's GEMM has no backward: a caller that wants gradients keeps torch's ops.
+        engine = x.device.type == "cpu" and not x.requires_grad
+        if engine and native.runs_linear(self.precision, self.in_features):
+            return native.linear(x, self.weight, self.scale, self.bias)
         if 4 * self.out_features * self.in_features <= WIDEN_BYTES:
             return F.linear(x, self.dequantized(), self.bias)
         step = max(1, WIDEN_BYTES // (4 * self.in_features))

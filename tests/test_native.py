@@ -289,6 +289,69 @@ def test_native_refuses_bad_arguments_without_crashing(wide_model, precision):
     assert torch.equal(before, after)
 
 
+def packed_layer(precision: str, out: int, in_: int, bias: bool, seed: int = 0):
+    from gpt2.precision import Bf16Linear, Int8Linear
+
+    g = torch.Generator().manual_seed(seed)
+    w, b = torch.randn(out, in_, generator=g) * 0.05, torch.randn(out, generator=g)
+    return (Bf16Linear if precision == "bf16" else Int8Linear)(w, b if bias else None)
+
+
+@needs_native
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_native_linear_within_rounding_of_widening(precision):
+    """gpt2_linear, which PyTorch's path uses for packed layers: from 16 rows a blocked GEMM, below that
+    the decode kernels. Either way what widening the weight and `F.linear` give, up to the order of the
+    sums (and, int8 with few rows, the decode kernels' 16-bit activation codes); sizes that fill no whole
+    block (rows, outputs) and 3-D inputs included."""
+    g = torch.Generator().manual_seed(1)
+    for out, in_, bias in ((100, 64, True), (2304, 768, True), (37, 3072, False), (50, 128, False)):
+        lin = packed_layer(precision, out, in_, bias)
+        for rows in (1, 5, 15, 16, 37, 200):
+            x = torch.randn(rows, in_, generator=g)
+            want = torch.nn.functional.linear(x, lin.dequantized(), lin.bias)
+            got = native.linear(x, lin.weight, lin.scale, lin.bias)
+            tol = ACT_TOL[precision] if rows < 16 else 1e-5
+            assert got.shape == want.shape and rel_err(got, want) <= tol, (out, in_, rows)
+    x = torch.randn(2, 20, in_, generator=g)
+    got = native.linear(x, lin.weight, lin.scale, lin.bias)
+    assert got.shape == (2, 20, out)
+    assert rel_err(got, torch.nn.functional.linear(x, lin.dequantized(), lin.bias)) <= 1e-5
+
+
+@needs_native
+def test_native_linear_refuses_bad_arguments():
+    """Python says what does not fit before calling C; called directly, C refuses with a code and
+    writes nothing."""
+    lin8, lin16 = packed_layer("int8", 32, 64, True), packed_layer("bf16", 32, 64, True)
+    x = torch.randn(3, 64)
+    bad = [
+        ("fp32 CPU tensor", (x.double(), lin16.weight, None, lin16.bias)),
+        ("end in 64 features", (torch.randn(3, 48), lin16.weight, None, lin16.bias)),
+        ("bf16 or int8 weights", (x, lin16.weight.float(), None, lin16.bias)),
+        ("per-row fp32 scales", (x, lin8.weight, None, lin8.bias)),
+        ("per-row fp32 scales", (x, lin16.weight, lin8.scale, lin16.bias)),
+        (r"scale must have shape \(32,\)", (x, lin8.weight, lin8.scale[:16], lin8.bias)),
+        ("bias must be torch.float32", (x, lin16.weight, None, lin16.bias.double())),
+        ("2-D", (x, lin16.weight[None], None, lin16.bias)),
+    ]
+    for message, args in bad:
+        with pytest.raises(ValueError, match=message):
+            native.linear(*args)
+    lib = native._load()
+    y = torch.zeros(3, 32)
+
+    scales, rows = lin8.scale.data_ptr(), x.data_ptr()
+
+    def call(n=3, precision=2, in_=64, scale=scales, xp=rows):
+        spec = native._Linear(lin8.weight.data_ptr(), scale, None, 32, in_)
+        return lib.gpt2_linear(ctypes.byref(spec), precision, xp, n, y.data_ptr(), 1)
+
+    got = [call(xp=None), call(n=0), call(precision=0), call(precision=9), call(in_=48), call(scale=None)]
+    assert got == [-1, -5, -4, -4, -3, -3]
+    assert y.abs().sum() == 0 and call() == 0 and y.abs().sum() > 0
+
+
 @needs_native
 def test_positions_beyond_the_model_context_are_refused():
     """A cache longer than the model's context (n_ctx rows of position embeddings) cannot be indexed

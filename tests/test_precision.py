@@ -62,9 +62,10 @@ def test_int8_weights_per_row_round_trip():
 
 @pytest.mark.parametrize("cls", [Bf16Linear, Int8Linear], ids=["bf16", "int8"])
 def test_wide_layers_are_widened_in_slices_with_the_same_bits(monkeypatch, cls):
-    """PyTorch's path widens a wide packed weight a slice of rows at a time (no head-sized fp32 copy per
-    call): the result is what widening it whole gives (up to the matmul's summation order), with or
-    without a bias."""
+    """Without the engine's GEMM, PyTorch's path widens a wide packed weight a slice of rows at a time
+    (no head-sized fp32 copy per call): the result is what widening it whole gives (up to the matmul's
+    summation order), with or without a bias."""
+    monkeypatch.setattr(native, "runs_linear", lambda precision, in_features: False)
     torch.manual_seed(0)
     for bias in (torch.randn(95), None):
         lin = cls(torch.randn(95, 64), bias)
@@ -72,7 +73,28 @@ def test_wide_layers_are_widened_in_slices_with_the_same_bits(monkeypatch, cls):
         whole = torch.nn.functional.linear(x, lin.dequantized(), lin.bias)
         monkeypatch.setattr(packing, "WIDEN_BYTES", 4 * 64 * 10)  # slices of 10 rows: 9 full + 5
         torch.testing.assert_close(lin(x), whole, rtol=1e-5, atol=1e-5)
-        monkeypatch.undo()
+        monkeypatch.setattr(packing, "WIDEN_BYTES", 16 << 20)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_long_prompts_run_packed_layers_through_the_engine_gemm(monkeypatch, precision):
+    """Where the engine runs a precision, PyTorch's path (a prompt longer than the engine takes) sends
+    each packed layer to its GEMM instead of widening the weight in torch: same logits as the widening
+    path, up to the order of the sums."""
+    if not native.available(precision):
+        pytest.skip(f"native {precision}: {native.unavailable_reason(precision)}")
+    model = packed(precision, engine=False)
+    idx = torch.randint(0, WIDE.n_vocab, (1, 64), generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = native.linear
+    monkeypatch.setattr(native, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        got = model(idx)
+    assert len(calls) == 4 * WIDE.n_layer + 1 and calls[0] == (1, 64, WIDE.n_embd)
+    monkeypatch.setattr(native, "runs_linear", lambda precision, in_features: False)
+    with torch.no_grad():
+        want = model(idx)
+    assert len(calls) == 4 * WIDE.n_layer + 1 and rel_err(got, want) <= 1e-5
 
 
 def test_bytes_per_token_shrink_with_precision():

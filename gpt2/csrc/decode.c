@@ -22,6 +22,9 @@
  *         int16 x int16 pair products (vpmaddwd, or vpdpwssd with VNNI) summed exactly in int32 lanes.
  * The residual stream, LayerNorm, attention and KV cache are fp32 in every mode.
  *
+ * gpt2_linear is the one other entry point: a single bf16/int8 layer over many rows (a blocked GEMM that
+ * widens the weight while packing it), which PyTorch's path calls for long prompts.
+ *
  * Built at run time by gpt2/native.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 + FMA
  * gives all three precisions; anything else builds only the entry points below, with gpt2_features()
  * reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
@@ -35,7 +38,7 @@
 
 /* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/native.py
  * holds the same number and will not call a library that reports another. */
-#define GPT2_ABI_VERSION 2
+#define GPT2_ABI_VERSION 3
 
 /* The instruction set the kernels are written for (AVX-512 or AVX2 + FMA); 0 builds no kernels. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
@@ -612,6 +615,202 @@ static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens
     }
 }
 
+
+/* ---------------------------------------------------------------- GEMM for long prompts
+ * Y[n, out] = X[n, in] W^T + bias for one bf16 or int8 linear layer and many rows: what a long prompt
+ * needs on PyTorch's path, where a matmul is compute-bound. PyTorch can only run it by widening the whole
+ * weight to fp32 first (a pass over 4 bytes per weight, and fresh pages to fault in, every call); here
+ * the widening happens while packing blocks of the weight into cache-sized panels, which a GEMM does
+ * anyway. Same arithmetic as that path (the widened weight is exact: a bf16 is the top half of an fp32,
+ * an int8 code times its row scale is one fp32 multiply), only the order of the sums differs.
+ *
+ * The usual blocking: for each block of KC inputs, the weight rows are packed into panels of NR outputs
+ * ([kc][NR], widened) and the activations into panels of MR rows ([kc][MR]); a micro-kernel keeps an
+ * MR x NR block of outputs in registers (AVX2: 6 x 16 in 12 of its 16 registers; AVX-512: 12 x 32 in 24
+ * of 32) and adds kc rank-1 updates, one broadcast activation against two weight vectors each. The
+ * threads split the outputs into a grid of row and column ranges, each packing what it reads. */
+
+#define GEMM_NR (2 * VL)
+#if GPT2_ISA == 512
+#define GEMM_MR 12
+#else
+#define GEMM_MR 6
+#endif
+#define GEMM_KC 384 /* inputs per block: a weight panel (KC x NR fp32, 24 KB on AVX2) stays in L1 */
+#define GEMM_MC (16 * GEMM_MR) /* rows per block: their panels (96 rows x 384 fp32 = 144 KB) stay in L2 */
+/* Below this many rows a layer is not compute-bound: linear_rows streams the weight once instead. */
+#define GEMM_MIN_ROWS 16
+
+/* 8 vectors of 8 floats, transposed in registers: r[j][i] becomes r[i][j]. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* Panels of NR weight rows [o0, o0 + no) x inputs [k0, k0 + kc), widened to fp32: dst[p][k][NR], built
+ * 8 rows x 8 inputs at a time (widen 8 rows, transpose in registers). Rows past the layer's end are
+ * zeros (their outputs are never stored). kc is a multiple of 8 (gpt2_linear requires in % 64 == 0). */
+static void gemm_pack_weights(int precision, const Linear *L, int64_t o0, int64_t no, int64_t k0, int64_t kc,
+                              float *dst) {
+    const int64_t in = L->in;
+    for (int64_t p = 0; p < no; p += GEMM_NR, dst += kc * GEMM_NR)
+        for (int g = 0; g < GEMM_NR; g += 8)
+            for (int64_t k = 0; k < kc; k += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) {
+                    const int64_t o = o0 + p + g + i;
+                    if (p + g + i >= no) {
+                        r[i] = _mm256_setzero_ps();
+                    } else if (precision == PREC_BF16) {
+                        const __m128i w = _mm_loadu_si128((const __m128i *)((const uint16_t *)L->w + o * in + k0 + k));
+                        r[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
+                    } else {
+                        const __m128i w = _mm_loadl_epi64((const __m128i *)((const int8_t *)L->w + o * in + k0 + k));
+                        r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)), _mm256_set1_ps(L->scale[o]));
+                    }
+                }
+                transpose8(r);
+                for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + (k + j) * GEMM_NR + g, r[j]);
+            }
+}
+
+/* Panels of MR activation rows [r0, r0 + nr) x inputs [k0, k0 + kc): dst[p][k][MR], zero rows past nr. */
+static void gemm_pack_rows(const float *X, int64_t in, int64_t r0, int64_t nr, int64_t k0, int64_t kc, float *dst) {
+    for (int64_t p = 0; p < nr; p += GEMM_MR, dst += kc * GEMM_MR)
+        for (int i = 0; i < GEMM_MR; i++) {
+            if (p + i < nr) {
+                const float *x = X + (r0 + p + i) * in + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * GEMM_MR + i] = x[k];
+            } else {
+                for (int64_t k = 0; k < kc; k++) dst[k * GEMM_MR + i] = 0.0f;
+            }
+        }
+}
+
+/* One MR x NR block: acc = A_panel . B_panel over kc inputs, then Y (rows x cols of it) = acc + (first
+ * block of inputs ? bias : Y). */
+static inline __attribute__((always_inline)) void gemm_block(const float *A, const float *B, int64_t kc,
+                                                             float *Y, int64_t ldy, int rows, int cols,
+                                                             const float *bias, int first) {
+    vf acc[GEMM_MR][2];
+    for (int i = 0; i < GEMM_MR; i++) acc[i][0] = acc[i][1] = vzero();
+    for (int64_t k = 0; k < kc; k++) {
+        const vf b0 = vload(B + k * GEMM_NR), b1 = vload(B + k * GEMM_NR + VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < GEMM_MR; i++) {
+            const vf a = vset1(A[k * GEMM_MR + i]);
+            acc[i][0] = vfma(a, b0, acc[i][0]);
+            acc[i][1] = vfma(a, b1, acc[i][1]);
+        }
+    }
+    if (cols == GEMM_NR) {
+        const vf z = vzero();
+        const vf bias0 = first && bias ? vload(bias) : z, bias1 = first && bias ? vload(bias + VL) : z;
+        for (int i = 0; i < rows; i++) {
+            float *y = Y + i * ldy;
+            vstore(y, vadd(first ? bias0 : vload(y), acc[i][0]));
+            vstore(y + VL, vadd(first ? bias1 : vload(y + VL), acc[i][1]));
+        }
+        return;
+    }
+    float tmp[GEMM_NR];
+    for (int i = 0; i < rows; i++) {
+        vstore(tmp, acc[i][0]);
+        vstore(tmp + VL, acc[i][1]);
+        float *y = Y + i * ldy;
+        for (int j = 0; j < cols; j++) y[j] = (first ? (bias ? bias[j] : 0.0f) : y[j]) + tmp[j];
+    }
+}
+
+/* This thread's part of the GEMM: rows [r0, r1) x outputs [o0, o1). */
+static void gemm_part(int precision, const Linear *L, const float *X, float *Y, int64_t r0, int64_t r1,
+                      int64_t o0, int64_t o1, float *wpack, float *xpack) {
+    const int64_t in = L->in, out = L->out;
+    for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC) {
+        const int64_t kc = in - k0 < GEMM_KC ? in - k0 : GEMM_KC;
+        gemm_pack_weights(precision, L, o0, o1 - o0, k0, kc, wpack);
+        for (int64_t m0 = r0; m0 < r1; m0 += GEMM_MC) {
+            const int64_t mc = r1 - m0 < GEMM_MC ? r1 - m0 : GEMM_MC;
+            gemm_pack_rows(X, in, m0, mc, k0, kc, xpack);
+            for (int64_t p = 0; p < o1 - o0; p += GEMM_NR) {
+                const int cols = o1 - o0 - p < GEMM_NR ? (int)(o1 - o0 - p) : GEMM_NR;
+                const float *bias = L->bias ? L->bias + o0 + p : NULL;
+                for (int64_t i = 0; i < mc; i += GEMM_MR) {
+                    const int rows = mc - i < GEMM_MR ? (int)(mc - i) : GEMM_MR;
+                    gemm_block(xpack + i * kc, wpack + p * kc, kc, Y + (m0 + i) * out + o0 + p, out, rows, cols,
+                               bias, k0 == 0);
+                }
+            }
+        }
+    }
+}
+
+/* Output columns per thread: each thread's weight panels for one block of inputs stay within L3's share. */
+#define GEMM_NC 1536
+
+static int gemm(int precision, const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
+    /* A grid of row ranges x column ranges, one cell per thread: columns first (each thread then packs
+     * only its own weights), rows as well where the columns would get too narrow to fill a kernel. */
+    int cols = nthreads, rows = 1;
+    while (cols > 1 && cols % 2 == 0 && L->out / cols < 4 * GEMM_NR && n / (2 * rows) >= GEMM_MR) {
+        cols /= 2;
+        rows *= 2;
+    }
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+    {
+        const int t = omp_get_thread_num();
+        const int64_t span_o = (L->out + cols - 1) / cols, span_r = (n + rows - 1) / rows;
+        const int64_t o_lo = (t % cols) * span_o, r_lo = (t / cols) * span_r;
+        const int64_t o_hi = o_lo + span_o < L->out ? o_lo + span_o : L->out;
+        const int64_t r_hi = r_lo + span_r < n ? r_lo + span_r : n;
+        float *wpack = alloc(sizeof(float) * GEMM_KC * (GEMM_NC + GEMM_NR));
+        float *xpack = alloc(sizeof(float) * GEMM_KC * (GEMM_MC + GEMM_MR));
+        if (!wpack || !xpack) {
+            failed = 1;
+        } else {
+            for (int64_t o = o_lo; o < o_hi && r_lo < r_hi; o += GEMM_NC)
+                gemm_part(precision, L, X, Y, r_lo, r_hi, o, o + GEMM_NC < o_hi ? o + GEMM_NC : o_hi, wpack, xpack);
+        }
+        free(wpack);
+        free(xpack);
+    }
+    return failed ? GPT2_E_MEMORY : GPT2_OK;
+}
+
+/* A few rows: the decode kernels (one pass over the weight for all rows; int8 quantizes the rows). */
+static int few_rows(int precision, const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
+    Act act = {.f32 = X, .in = L->in};
+    if (precision == PREC_INT8) {
+        act.q = alloc(sizeof(int16_t) * n * L->in);
+        act.qs = alloc(sizeof(float) * n * (L->in / GROUP));
+        if (!act.q || !act.qs) {
+            free(act.q);
+            free(act.qs);
+            return GPT2_E_MEMORY;
+        }
+        for (int64_t i = 0; i < n; i++) prepare_row(precision, X + i * L->in, &act, i);
+    }
+#pragma omp parallel num_threads(nthreads)
+    linear_rows(precision, L, &act, n, Y, L->out, EPI_STORE);
+    free(act.q);
+    free(act.qs);
+    return GPT2_OK;
+}
+
 #endif /* GPT2_ISA */
 
 /* ---------------------------------------------------------------- the checks at the boundary */
@@ -696,6 +895,26 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     return ok ? GPT2_OK : GPT2_E_MEMORY;
 #else
     (void)nthreads; /* unreachable: check_arguments refuses every precision without kernels */
+    return GPT2_E_PRECISION;
+#endif
+}
+
+/* Y[n, L->out] = X[n, L->in] W^T + bias for one bf16 or int8 layer (fp32 X and Y, row-major): PyTorch's
+ * path calls this for its packed layers (gpt2/precision.py). From GEMM_MIN_ROWS rows on a blocked GEMM
+ * (weights widened exactly, fp32 sums); fewer rows go through the decode kernels. 0 or a GPT2_E_* code. */
+int gpt2_linear(const Linear *L, int64_t precision, const float *X, int64_t n, float *Y, int nthreads) {
+    if (!L || !X || !Y || !L->w) return GPT2_E_NULL;
+    if (n < 1) return GPT2_E_COUNT;
+    if (precision != PREC_BF16 && precision != PREC_INT8) return GPT2_E_PRECISION;
+    if (!(gpt2_features() & (precision == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return GPT2_E_PRECISION;
+    if (!linear_ok(L, L->out, L->in, (int)precision) || L->out < 1 || L->in < GROUP || L->in % GROUP)
+        return GPT2_E_WEIGHTS;
+#if GPT2_ISA
+    if (nthreads < 1) nthreads = 1;
+    if (n < GEMM_MIN_ROWS) return few_rows((int)precision, L, X, n, Y, nthreads);
+    return gemm((int)precision, L, X, n, Y, nthreads);
+#else
+    (void)nthreads;
     return GPT2_E_PRECISION;
 #endif
 }
