@@ -17,6 +17,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import app
+import ui
 from gpt2 import generate, generate_steps
 from gpt2.inspect import prompt_probs, token_probs
 from gpt2.serving import ModelRegistry, make_request, parse_stop_text
@@ -251,6 +252,9 @@ def test_events_that_run_the_model_share_one_bounded_queue(server):
     assert {f.concurrency_id for f in model_fns} == {app.CONCURRENCY_ID}
     assert len({f.concurrency_limit for f in model_fns}) == 1
     assert server.demo._queue.max_size == 32
+    # ui.quiet_queue: the pinned Gradio has the polling intervals it sets, and they took effect.
+    assert server.demo._queue.sleep_when_free == ui.QUEUE_POLL_S
+    assert server.demo._queue.progress_update_sleep_when_free == ui.PROGRESS_POLL_S
 
 
 def test_stream_generation_batches_updates(server):

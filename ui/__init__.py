@@ -7,3 +7,26 @@ from pathlib import Path
 def script(name: str) -> str:
     """A JavaScript file of this folder (e.g. `open_settings.js`), for Gradio's `js=` / `js_on_load=`."""
     return (Path(__file__).parent / name).read_text()
+
+
+# Gradio's queue loop wakes every 1 ms to look for new events, and every 10 ms for progress bars (this app
+# shows none). On a 2-core machine each wake-up preempts one of the two decoding threads and the other
+# waits for it at the engine's next barrier: one HTTP stream ran at 0.84x the library's own speed, and
+# 0.91x polling every 20 ms (docs/serving.md). The cost: a new request waits up to 20 ms to start.
+QUEUE_POLL_S = 0.02
+PROGRESS_POLL_S = 0.5
+
+
+def quiet_queue(demo) -> None:
+    """Make `demo`'s queue (after `demo.queue(...)`) poll at the rates above. Gradio has no option for
+    these, so this sets two attributes of its private queue object; tests/test_app.py checks they exist in
+    the pinned Gradio, and any other version that lacks them only gets a warning."""
+    import warnings
+
+    queue = getattr(demo, "_queue", None)
+    rates = {"sleep_when_free": QUEUE_POLL_S, "progress_update_sleep_when_free": PROGRESS_POLL_S}
+    for name, value in rates.items():
+        if queue is None or not isinstance(getattr(queue, name, None), float):
+            warnings.warn(f"Gradio's queue has no {name}: it keeps polling at its own rate", stacklevel=2)
+            continue
+        setattr(queue, name, value)
