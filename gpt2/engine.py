@@ -124,10 +124,11 @@ def attach(model: GPT2, required: bool = False) -> str | None:
 
 def describe(model: GPT2) -> str:
     """One line for logs: which path decodes this model, and why when it is not the engine."""
+    pages = ", weights in 2 MB pages" if model.huge_page_bytes else ""
     if model.engine is not None:
-        return f"native engine (gpt2/csrc/decode.c), {model.precision}"
+        return f"native engine (gpt2/csrc/decode.c), {model.precision}{pages}"
     reason = unsupported_reason(model) or "not attached"
-    return f"PyTorch, {model.precision} ({reason})"
+    return f"PyTorch, {model.precision}{pages} ({reason})"
 
 
 def warn_without_engine(model: GPT2, reason: str) -> None:

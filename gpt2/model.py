@@ -210,6 +210,7 @@ class GPT2(nn.Module):
         self.lm_head = None if config.tied_head else nn.Linear(config.n_embd, config.n_vocab, bias=False)
         self.engine = None  # the native engine bound to these weights, when attached (gpt2/engine.py)
         self.precision = "fp32"  # how the linear layers are stored (gpt2/precision.py)
+        self.huge_page_bytes = 0  # weight bytes placed in huge-page memory at load (gpt2/hugepages.py)
         if self.wte.weight.device.type != "meta":
             # On the meta device (shape checks, loading with assign=True) there is nothing to
             # initialise, and torch's meta normal_ costs seconds on first use.

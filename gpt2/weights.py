@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import hugepages
 from .config import GPT2Config
 from .engine import attach, warn_without_engine
 from .model import GPT2
@@ -157,8 +158,10 @@ def load_model(
 
 
 def prepare(model: GPT2, precision: str = "fp32", engine: bool | None = None) -> GPT2:
-    """Make `model` ready to serve in `precision` (in place): pack its linear layers, bind the engine."""
+    """Make `model` ready to serve in `precision` (in place): pack its linear layers, put the weights in
+    huge pages where the OS has them (`gpt2.hugepages`), bind the engine."""
     quantize(model, precision)
+    model.huge_page_bytes = hugepages.place(model)
     if engine is False:
         model.engine = None
         return model

@@ -252,9 +252,10 @@ def test_events_that_run_the_model_share_one_bounded_queue(server):
     assert {f.concurrency_id for f in model_fns} == {app.CONCURRENCY_ID}
     assert len({f.concurrency_limit for f in model_fns}) == 1
     assert server.demo._queue.max_size == 32
-    # ui.quiet_queue: the pinned Gradio has the polling intervals it sets, and they took effect.
+    # ui.quiet_queue: the pinned Gradio has the settings it changes, and they took effect.
     assert server.demo._queue.sleep_when_free == ui.QUEUE_POLL_S
     assert server.demo._queue.progress_update_sleep_when_free == ui.PROGRESS_POLL_S
+    assert server.demo._queue.ANAYLTICS_CACHE_FREQUENCY == ui.ANALYTICS_EVERY
 
 
 def test_stream_generation_batches_updates(server):
