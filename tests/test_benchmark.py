@@ -194,3 +194,24 @@ def test_engine_ab_times_two_builds_side_by_side():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if " rows=" in line]
     assert len(lines) == 4 and all(line.endswith("same bits True") and "B/A" in line for line in lines)
+
+
+def test_step_by_step_decode_benchmark_runs():
+    """benchmarks.decode_steps (one decode step per system in turn): runs end to end on a 1-layer model,
+    ours in two precisions and with 4 KB pages, llama.cpp where it is installed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.decode_steps", "--layers", "1", "--steps", "3"]
+        + ["--precisions", "fp32,int8", "--small-pages"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("ours fp32 ", "ours int8 ", "ours int8, 4 KB pages"):
+        assert name in proc.stdout and "ms/step" in proc.stdout
+    if LLAMA_MISSING:
+        assert "llama.cpp: skipped" in proc.stdout
+    else:
+        assert "llama.cpp q8_0 / this" in proc.stdout

@@ -258,6 +258,13 @@ def test_four_samples_stream_side_by_side_and_stop_together(served):
     while not scheduler.idle:
         assert time.monotonic() < deadline, "the samples kept decoding after Stop"
         time.sleep(0.01)
+    # The columns are re-rendered as stopped by the cancelled event's failure handler, a queued event of its
+    # own (Gradio's queue picks it up within ui.QUEUE_POLL_S), so wait for it rather than read at once.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#samples .state')]"
+        ".filter(s => s.innerText.toLowerCase().includes('stopped')).length === 4",
+        timeout=WAIT_MS,
+    )
     assert page.locator("#samples .state", has_text="stopped").count() == n
     stopped = sample_texts(page)
     assert all(0 < len(t) < 1024 * 20 for t in stopped)

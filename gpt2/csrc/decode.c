@@ -637,7 +637,7 @@ static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens
 #define GEMM_MR 6
 #endif
 #define GEMM_KC 384 /* inputs per block: a weight panel (KC x NR fp32, 24 KB on AVX2) stays in L1 */
-#define GEMM_MC (16 * GEMM_MR) /* rows per block: their panels (96 rows x 384 fp32 = 144 KB) stay in L2 */
+#define GEMM_MC (16 * GEMM_MR) /* rows per block: their panels (AVX2: 96 rows x 384 fp32 = 144 KB) stay in L2 */
 /* Below this many rows a layer is not compute-bound: linear_rows streams the weight once instead. */
 #define GEMM_MIN_ROWS 16
 
