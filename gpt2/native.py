@@ -13,12 +13,13 @@ and only CPU extensions this CPU has before anything else is called; `NativeMode
 shape and dtype against the config once, and every call's tensors (lengths, dtypes, devices, layouts,
 index ranges) before crossing into C, which checks them again and answers with a code (`ERRORS`).
 
-The library links the same `libgomp.so.1` that torch has already loaded, so its OpenMP threads are
-torch's own pool, not a second one competing for the cores. ctypes releases the GIL during the call.
+The library runs its work on its own threads (one pool per process, whichever thread calls, one call at
+a time; decode.c says why not OpenMP). ctypes releases the GIL during the call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -41,7 +43,7 @@ def _flags() -> list[str]:
     march = os.environ.get(MARCH_ENV, "native")
     if not march.replace("-", "").replace("_", "").isalnum():
         raise RuntimeError(f"{MARCH_ENV} must be a -march name like native or x86-64-v3, got {march!r}")
-    return ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    return ["-O3", f"-march={march}", "-fopenmp", "-pthread", "-shared", "-fPIC", "-std=gnu11"]
 
 
 PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
@@ -50,7 +52,7 @@ _FEATURE_BITS = {"fp32": 1, "bf16": 2, "int8": 4}
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 # decode.c's GPT2_ABI_VERSION: the structs below, the entry points and the error codes. A library that
 # reports another number is never called (a stale build, or a source edited without updating this).
-ABI_VERSION = 3
+ABI_VERSION = 4
 # gpt2_required_isa()'s bits, as /proc/cpuinfo names the extensions.
 _ISA_FLAGS = (
     "avx2",
@@ -79,6 +81,7 @@ ERRORS = {
     -8: "a position is outside the cache or the model's context",
     -9: "a cache slot is outside the cache",
     -10: "out of memory for the step's scratch buffers",
+    -11: "the engine's threads could not be started",
 }
 
 _lock = threading.Lock()
@@ -501,6 +504,51 @@ class NativeModel:
                 f"native forward refused its arguments: {ERRORS.get(rc, 'unknown error')} (code {rc})"
             )
         return logits
+
+
+_openmp_lib: ctypes.CDLL | None | bool = False  # False: not looked up yet
+
+
+def _openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded (libgomp in Linux wheels), found among this process's mappings."""
+    global _openmp_lib
+    if _openmp_lib is False:
+        _openmp_lib = None
+        try:
+            mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()}
+        except OSError:
+            mapped = set()
+        for path in sorted(p for p in mapped if Path(p).name.startswith(("libgomp", "libiomp", "libomp"))):
+            try:
+                lib = ctypes.CDLL(path)  # already loaded: the handle torch's ops use
+                lib.omp_get_max_threads.restype = ctypes.c_int
+                lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+            except (OSError, AttributeError):
+                continue
+            _openmp_lib = lib
+            break
+    return _openmp_lib
+
+
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """PyTorch CPU ops inside run on the calling thread alone (OpenMP's thread count is per thread).
+
+    For the work between two decode steps: sampling a row is ~50k values, microseconds on one thread,
+    but PyTorch splits any op over 32k values across its OpenMP threads, and libgomp's threads then spin
+    for milliseconds (up to 300,000 pauses) waiting for more. The engine's own threads need those cores
+    for the next step: sampling on two threads made the main thread decode at 23 tok/s instead of 31-33."""
+    omp = _openmp()
+    if omp is None:
+        yield
+        return
+    torch.get_num_threads()  # torch sets a thread's OpenMP count on its first use: let it, before we do
+    before = omp.omp_get_max_threads()
+    omp.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        omp.omp_set_num_threads(before)
 
 
 def runs_linear(precision: str, in_features: int) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import GPT2, KVCache
+from .native import single_threaded_torch
 from .request import LIBRARY, Limits, Request
 from .sampling import Kept, SamplingParams
 from .sequence import Sequence, Step, prompt_ids
@@ -384,11 +385,12 @@ class BatchScheduler:
         logits = self._forward(
             [t[0] for t, _ in inputs], [p for _, p in inputs], [job.slots[i] for job, i in rows], 0
         )  # (B, V)
-        # clone: a Step must not keep the whole (B, V) batch tensor alive.
-        per_row = [logits[0]] if len(rows) == 1 else [row.clone() for row in logits]
-        prepared = prepare_sampling([seq.params for seq in seqs], [seq.seen for seq in seqs], per_row)
-        for (job, i), row, kept in zip(rows, per_row, prepared):
-            self._guarded([job], self._advance, job, i, row, kept)
+        with single_threaded_torch():  # sampling between steps: see there why not on torch's threads
+            # clone: a Step must not keep the whole (B, V) batch tensor alive.
+            per_row = [logits[0]] if len(rows) == 1 else [row.clone() for row in logits]
+            prepared = prepare_sampling([seq.params for seq in seqs], [seq.seen for seq in seqs], per_row)
+            for (job, i), row, kept in zip(rows, per_row, prepared):
+                self._guarded([job], self._advance, job, i, row, kept)
 
     def _advance(self, job: _Job, i: int, row: torch.Tensor, kept: Kept | None) -> None:
         self._emit(job, i, job.seqs[i].advance(row, kept))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .inspect import score_positions
+from .native import single_threaded_torch
 from .request import Request
 from .sampling import Kept, make_generator
 from .tokenizer import Tokenizer
@@ -162,19 +163,20 @@ class Sequence:
         scores = None
         if self.score_prompt and self.produced == 0:
             scores = score_positions(logits[:-1], self.window[1:])
-        if logits.dim() == 2:
-            logits = logits[-1] if logits.shape[0] == 1 else logits[-1].clone()  # let the (T, V) go
         self.filled = len(self.window)
         params = self.params
-        if kept is None:
-            kept = params.shortlist(logits.unsqueeze(0), self.seen)[0]
-        if kept is not None:
-            sampled: Kept | torch.Tensor = kept
-            token = params.draw(kept, self.generator)
-        else:  # top-p alone, or a tie at the k-th logit: the whole-vocabulary path
-            processed = params.process(logits.unsqueeze(0), self.seen)
-            sampled = processed[0]
-            token = int(params.choose(processed, self.generator)[0])
+        with single_threaded_torch():  # one row: see there why not on torch's threads
+            if logits.dim() == 2:
+                logits = logits[-1] if logits.shape[0] == 1 else logits[-1].clone()  # let the (T, V) go
+            if kept is None:
+                kept = params.shortlist(logits.unsqueeze(0), self.seen)[0]
+            if kept is not None:
+                sampled: Kept | torch.Tensor = kept
+                token = params.draw(kept, self.generator)
+            else:  # top-p alone, or a tie at the k-th logit: the whole-vocabulary path
+                processed = params.process(logits.unsqueeze(0), self.seen)
+                sampled = processed[0]
+                token = int(params.choose(processed, self.generator)[0])
         self.produced += 1
         if token == self.tokenizer.eot_token:
             return [self._finish("eot", scores)]

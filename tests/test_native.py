@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -216,7 +217,7 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
     positions = torch.tensor([n - 1 for n in lengths])
     threads = torch.get_num_threads()
     try:
-        for n_threads in (1, 2):
+        for n_threads in (1, 2, 3):  # 3: more threads than a 2-core CI machine has (they sleep, not spin)
             torch.set_num_threads(n_threads)
             for take in (slice(0, 6), slice(0, 5), slice(1, 3)):  # batches of 6, 5 (4 + 1) and 2 rows
                 got = runner.decode_rows(tokens[take], positions[take], shared, torch.tensor(slots[take]))
@@ -224,6 +225,79 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
                     assert torch.equal(row, want)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_native
+def test_engine_serves_callers_on_any_thread_at_once(wide_model):
+    """The engine's threads are one pool for the process: callers on several threads at once (a server's
+    workers, a scheduler) each get exactly what they get alone, and nobody waits forever."""
+    runner = with_engine(wide_model)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, WIDE.n_vocab, (12,), generator=g) for _ in range(4)]
+    want = [run_sequence(runner, seq, 5) for seq in seqs]
+    got: list = [None] * len(seqs)
+
+    def call(i: int) -> None:
+        for _ in range(3):
+            got[i] = run_sequence(runner, seqs[i], 5)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(seqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a caller never returned"
+    for g_, w in zip(got, want):
+        assert torch.equal(g_, w)
+
+
+def _decode_in_child(runner, seq, conn) -> None:
+    cache = runner.new_cache(max_len=seq.shape[0])
+    out = [runner.prefill(seq[None, :5], cache)[0]] + [runner.decode_one(int(t), cache)[0] for t in seq[5:-1]]
+    # Only the engine is under test: libgomp's own threads do not survive a fork either, and a parallel
+    # PyTorch op (stacking 350k values) would wait for them forever.
+    with native.single_threaded_torch():
+        conn.send(torch.stack(out).numpy().tobytes())  # bytes: a tensor would be sent as shared memory
+
+
+@needs_native
+def test_engine_runs_in_a_forked_child(wide_model):
+    """A forked child (multiprocessing's default on Linux) has none of its parent's engine threads: its
+    first step starts its own instead of waiting for threads that are not there."""
+    import multiprocessing as mp
+
+    runner = with_engine(wide_model)
+    seq = torch.randint(0, WIDE.n_vocab, (12,), generator=torch.Generator().manual_seed(4))
+    want = run_sequence(runner, seq, 5)  # the parent's pool is started
+    parent, child = mp.get_context("fork").Pipe()
+    proc = mp.get_context("fork").Process(target=_decode_in_child, args=(runner, seq, child))
+    proc.start()
+    try:
+        assert parent.poll(120), "the child's engine step never finished"
+        assert parent.recv() == want.numpy().tobytes()
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def test_single_threaded_torch_is_per_thread_and_restored():
+    """Sampling runs on the calling thread alone; other threads, and this one afterwards, keep theirs."""
+    before = torch.get_num_threads()
+    seen = {}
+
+    def other() -> None:
+        seen["other"] = torch.get_num_threads()
+
+    with native.single_threaded_torch():
+        seen["inside"] = torch.get_num_threads()
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert torch.get_num_threads() == before
+    if native._openmp() is not None:  # a torch built with OpenMP (Linux wheels)
+        assert seen["inside"] == 1
+        assert seen["other"] == before
 
 
 def _bad_calls(n_vocab: int, k: torch.Tensor, v: torch.Tensor) -> list[tuple[str, dict]]:

@@ -4,9 +4,10 @@
  * close the matrix-vector products come to the memory bandwidth and by what happens between them.
  * PyTorch's one-row matmuls stream weights at about half the bandwidth here, and ~200 dispatched ops
  * a token add milliseconds. This file does one token step (for several rows at once, each with its own
- * cache slot and position) inside a single OpenMP parallel region: dot-product kernels that read each
+ * cache slot and position) as one job for the engine's own threads: dot-product kernels that read each
  * weight row once for all rows, the attention over each row's own cached prefix, LayerNorm, GELU and
- * residual adds, with barriers between phases instead of op dispatch.
+ * residual adds, with barriers between phases instead of op dispatch. (Why its own threads and not
+ * OpenMP: see "the engine's threads" below.)
  *
  * The math is GPT-2's, as in gpt2/model.py: pre-LN blocks, LayerNorm (eps 1e-5, biased variance),
  * tanh-GELU, scaled dot-product attention with a causal view of the cache, tied or untied head.
@@ -30,6 +31,7 @@
  * reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
  * first, with messages): a refused call returns a negative GPT2_E_* code and touches nothing.
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,7 +40,7 @@
 
 /* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/native.py
  * holds the same number and will not call a library that reports another. */
-#define GPT2_ABI_VERSION 3
+#define GPT2_ABI_VERSION 4
 
 /* The instruction set the kernels are written for (AVX-512 or AVX2 + FMA); 0 builds no kernels. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
@@ -50,7 +52,16 @@
 #endif
 #if GPT2_ISA
 #include <immintrin.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 #endif
 
 enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
@@ -70,6 +81,7 @@ enum {
     GPT2_E_POSITION = -8,  /* a position outside [0, min(max_len, n_ctx)) */
     GPT2_E_SLOT = -9,      /* a slot outside [0, n_slots) */
     GPT2_E_MEMORY = -10,   /* scratch buffers could not be allocated */
+    GPT2_E_THREADS = -11,  /* the engine's threads could not be started */
 };
 
 typedef struct {
@@ -420,13 +432,20 @@ tile4(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int N
 /* What happens to y = x W^T + bias before it is stored into Y[b, o]. */
 enum { EPI_STORE = 0, EPI_ADD = 1 };
 
-/* Y[b, o] (row stride ldy) for rows [0, nrows) and every output, the outputs shared among the threads
- * in contiguous ranges (call from inside the parallel region; no barrier at the end). */
+/* Thread t's share [*lo, *hi) of n iterations cut into nt contiguous ranges. */
+static void share(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
+    const int64_t q = n / nt, r = n % nt;
+    *lo = t * q + (t < r ? t : r);
+    *hi = *lo + q + (t < r ? 1 : 0);
+}
+
+/* Y[b, o] (row stride ldy) for rows [0, nrows) and every output; thread `me` of nt computes its own
+ * contiguous range of outputs (no barrier at the end). */
 static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nrows, float *Y, int64_t ldy,
-                        int epilogue) {
-    const int64_t ntiles = (L->out + 3) / 4;
-#pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < ntiles; t++) {
+                        int epilogue, int me, int nt) {
+    int64_t lo, hi;
+    share((L->out + 3) / 4, me, nt, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) {
         const int64_t o = 4 * t;
         const int NO = L->out - o >= 4 ? 4 : (int)(L->out - o);
         for (int64_t b0 = 0; b0 < nrows; b0 += 4) {
@@ -523,98 +542,272 @@ static void attend_head(const float *q, const float *K, const float *V, int64_t 
     for (int d = 0; d < nd; d++) vstore(out + VL * d, vmul(acc[d], vset1(inv)));
 }
 
-/* ---------------------------------------------------------------- the step */
+/* ---------------------------------------------------------------- scratch memory */
 
 static void *alloc(size_t n) {
     size_t size = (n + 63) / 64 * 64;
     return aligned_alloc(64, size ? size : 64);
 }
 
-/* The step itself, inside one parallel region (buffers allocated by gpt2_forward). */
-static void run(const Model *m, const Cache *c, int64_t n, const int64_t *tokens, const int64_t *positions,
-                const int64_t *slots, int64_t logits_from, float *logits, int nthreads, float *x, float *h,
-                float *qkv, float *y, const Act *act, float *scores) {
-    const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, F4 = m->layers[0].mlp.in;
-    const int P = (int)m->precision;
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *my_scores = scores + (size_t)omp_get_thread_num() * (c->max_len + 16);
-        Act a = *act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
+/* ---------------------------------------------------------------- the engine's threads
+ * Why not OpenMP for the step: libgomp keeps a team of threads per calling thread, and once a process
+ * holds more OpenMP threads than CPUs (a web server that runs PyTorch on a second thread does) its
+ * barriers spin ~100 times and then sleep in the kernel. A decode step has ~120 barriers a few hundred
+ * microseconds apart, and a futex sleep and wake-up costs tens of microseconds (more in a VM). These
+ * threads are one pool for the whole process, whoever calls: a waiting thread spins for SPIN_NS, which
+ * covers a step's phases and the sampling between two decode steps, then sleeps; with more threads than
+ * CPUs it sleeps at once (spinning would take the CPU from the thread it waits for). One job runs at a
+ * time: a second caller waits on the lock (on a small CPU two jobs at once only slow each other).
+ * gpt2_linear keeps OpenMP: PyTorch calls it between its own OpenMP ops, whose threads are awake then. */
 
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t k = 0; k < C; k++)
-                x[i * C + k] = m->wte[tokens[i] * C + k] + m->wpe[positions[i] * C + k];
+#define SPIN_NS 2000000 /* 2 ms: longer than sampling a token between two decode steps */
+#define MAX_THREADS 256
 
-        for (int64_t l = 0; l < m->n_layer; l++) {
-            const Layer *L = &m->layers[l];
-            float *Kl = c->k + l * c->layer_stride, *Vl = c->v + l * c->layer_stride;
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
-            a.in = C;
-            a.f32 = h;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++) {
-                layer_norm_row(x + i * C, L->ln1_w, L->ln1_b, h + i * C, C);
-                prepare_row(P, h + i * C, &a, i);
-            }
-            linear_rows(P, &L->attn, &a, n, qkv, 3 * C, EPI_STORE);
-#pragma omp barrier
-            /* every row's keys and values go into the cache before anyone attends (a prompt chunk reads
-             * its own earlier tokens) */
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t hd = 0; hd < nh; hd++) {
-                    const int64_t off = slots[i] * c->slot_stride + hd * c->head_stride + positions[i] * hs;
-                    memcpy(Kl + off, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
-                    memcpy(Vl + off, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
-                }
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t t = 0; t < n * nh; t++) {
-                const int64_t i = t / nh, hd = t % nh;
-                const int64_t base = slots[i] * c->slot_stride + hd * c->head_stride;
-                attend_head(qkv + i * 3 * C + hd * hs, Kl + base, Vl + base, positions[i], hs, my_scores,
-                            y + i * C + hd * hs);
-            }
-            a.f32 = y;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++) prepare_row(P, y + i * C, &a, i);
-            linear_rows(P, &L->proj, &a, n, x, C, EPI_ADD);
-#pragma omp barrier
-
-            a.f32 = h;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++) {
-                layer_norm_row(x + i * C, L->ln2_w, L->ln2_b, h + i * C, C);
-                prepare_row(P, h + i * C, &a, i);
-            }
-            linear_rows(P, &L->fc, &a, n, h + n * C, F4, EPI_STORE);
-#pragma omp barrier
-            a.in = F4;
-            a.f32 = h + n * C;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++) {
-                float *row = h + n * C + i * F4;
-                for (int64_t k = 0; k < F4; k += VL) vstore(row + k, vgelu(vload(row + k)));
-                prepare_row(P, row, &a, i);
-            }
-            linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD);
-#pragma omp barrier
+/* Wait until *word != value: spin for up to spin_ns, then sleep on the word (see wake_all). */
+static void wait_change(atomic_uint *word, unsigned value, atomic_uint *sleepers, uint64_t spin_ns) {
+    uint64_t deadline = 0;
+    for (unsigned i = 1; spin_ns; i++) {
+        if (atomic_load_explicit(word, memory_order_acquire) != value) return;
+        _mm_pause();
+        if (i % 256 == 0) { /* the clock now and then: a pause takes ~10 to ~150 cycles, by CPU */
+            const uint64_t t = now_ns();
+            if (!deadline)
+                deadline = t + spin_ns;
+            else if (t > deadline)
+                break;
         }
+    }
+    /* sequentially consistent: either the waker sees this sleeper, or this load sees the new value */
+    atomic_fetch_add(sleepers, 1);
+    while (atomic_load(word) == value) syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+    atomic_fetch_sub(sleepers, 1);
+}
 
-        const int64_t nl = n - logits_from;
-        if (nl > 0) {
-            a.in = C;
-            a.f32 = h;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < nl; i++) {
-                layer_norm_row(x + (logits_from + i) * C, m->lnf_w, m->lnf_b, h + i * C, C);
-                prepare_row(P, h + i * C, &a, i);
-            }
-            linear_rows(P, &m->head, &a, nl, logits, m->n_vocab, EPI_STORE);
-        }
+/* After changing *word: wake whoever sleeps on it. */
+static void wake_all(atomic_uint *word, atomic_uint *sleepers) {
+    if (atomic_load(sleepers)) syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+typedef void (*JobFn)(void *arg, int me, int nt);
+
+static struct {
+    pthread_mutex_t lock; /* held by the caller for a whole job */
+    pid_t pid;            /* the process the workers belong to (a forked child has none) */
+    int nworkers;         /* started so far; worker i (1-based) takes part in jobs with nt > i */
+    int ncpus;            /* CPUs this process may run on */
+    JobFn fn;             /* the current job, published by bumping epoch */
+    void *arg;
+    int nt;
+    uint64_t spin_ns;                      /* how long this job's threads spin at a wait */
+    atomic_uint epoch, epoch_sleepers;     /* bumped to start a job */
+    atomic_uint pending, pending_sleepers; /* workers still in the current job */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+typedef struct {
+    atomic_uint arrived, gen, sleepers;
+} Barrier;
+
+/* All nt threads of the job reach this point before any goes on (and then see each other's writes). */
+static void barrier_wait(Barrier *b, int nt) {
+    if (nt == 1) return;
+    const unsigned gen = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == (unsigned)nt - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add(&b->gen, 1);
+        wake_all(&b->gen, &b->sleepers);
+    } else {
+        wait_change(&b->gen, gen, &b->sleepers, pool.spin_ns);
     }
 }
 
+typedef struct {
+    int id;
+    unsigned epoch; /* the epoch when it was started: it waits for the next */
+} WorkerStart;
+
+static void *worker_main(void *p) {
+    const WorkerStart start = *(WorkerStart *)p;
+    free(p);
+    unsigned epoch = start.epoch;
+    uint64_t spin = SPIN_NS;
+    for (;;) {
+        wait_change(&pool.epoch, epoch, &pool.epoch_sleepers, spin);
+        epoch = atomic_load_explicit(&pool.epoch, memory_order_acquire);
+        if (start.id >= pool.nt) { /* a smaller job: not needed, and not likely to be next time */
+            spin = 0;
+            continue;
+        }
+        spin = pool.spin_ns;
+        pool.fn(pool.arg, start.id, pool.nt);
+        if (atomic_fetch_sub(&pool.pending, 1) == 1) wake_all(&pool.pending, &pool.pending_sleepers);
+    }
+    return NULL;
+}
+
+/* Start workers until there are nt - 1 (the caller holds the lock). 0 if the system refuses a thread. */
+static int grow(int nt) {
+    if (pool.pid != getpid()) { /* first use, or a forked child: the parent's workers are not here */
+        pool.pid = getpid();
+        pool.nworkers = 0;
+        cpu_set_t cpus;
+        pool.ncpus = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    }
+    while (pool.nworkers < nt - 1) {
+        WorkerStart *ws = malloc(sizeof *ws);
+        if (!ws) return 0;
+        ws->id = pool.nworkers + 1;
+        ws->epoch = atomic_load(&pool.epoch);
+        pthread_attr_t attr;
+        pthread_t thread;
+        sigset_t all, old; /* signals go to the caller's threads (Python's), never to these */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int err = pthread_create(&thread, &attr, worker_main, ws);
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (err) {
+            free(ws);
+            return 0;
+        }
+        pool.nworkers++;
+    }
+    return 1;
+}
+
+/* fn(arg, me, nt) on nt threads (the caller is thread 0); returns when all are done. 0 or a code. */
+static int parallel(JobFn fn, void *arg, int nt) {
+    if (nt <= 1) {
+        fn(arg, 0, 1);
+        return GPT2_OK;
+    }
+    pthread_mutex_lock(&pool.lock);
+    if (!grow(nt)) {
+        pthread_mutex_unlock(&pool.lock);
+        return GPT2_E_THREADS;
+    }
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.nt = nt;
+    pool.spin_ns = nt <= pool.ncpus ? SPIN_NS : 0;
+    atomic_store(&pool.pending, (unsigned)nt - 1);
+    atomic_fetch_add(&pool.epoch, 1); /* publishes the job */
+    wake_all(&pool.epoch, &pool.epoch_sleepers);
+    fn(arg, 0, nt);
+    unsigned left;
+    while ((left = atomic_load(&pool.pending)) != 0)
+        wait_change(&pool.pending, left, &pool.pending_sleepers, pool.spin_ns);
+    pthread_mutex_unlock(&pool.lock);
+    return GPT2_OK;
+}
+
+/* ---------------------------------------------------------------- the step */
+
+typedef struct {
+    const Model *m;
+    const Cache *c;
+    int64_t n, logits_from;
+    const int64_t *tokens, *positions, *slots;
+    float *logits, *x, *h, *qkv, *y, *scores;
+    const Act *act;
+    atomic_llong *next_head; /* per layer: the attention's next (row, head) task */
+    Barrier bar;
+} Step;
+
+/* The step itself, as thread `me` of nt (buffers allocated by gpt2_forward). */
+static void step_job(void *arg, int me, int nt) {
+    Step *s = arg;
+    const Model *m = s->m;
+    const Cache *c = s->c;
+    const int64_t n = s->n, *tokens = s->tokens, *positions = s->positions, *slots = s->slots;
+    float *x = s->x, *h = s->h, *qkv = s->qkv, *y = s->y;
+    const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, F4 = m->layers[0].mlp.in;
+    const int P = (int)m->precision;
+    float *my_scores = s->scores + (size_t)me * (c->max_len + 16);
+    Act a = *s->act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
+    int64_t lo, hi; /* this thread's rows of the row-wise phases */
+    share(n, me, nt, &lo, &hi);
+
+    for (int64_t i = lo; i < hi; i++)
+        for (int64_t k = 0; k < C; k++) x[i * C + k] = m->wte[tokens[i] * C + k] + m->wpe[positions[i] * C + k];
+
+    for (int64_t l = 0; l < m->n_layer; l++) {
+        const Layer *L = &m->layers[l];
+        float *Kl = c->k + l * c->layer_stride, *Vl = c->v + l * c->layer_stride;
+
+        a.in = C;
+        a.f32 = h;
+        for (int64_t i = lo; i < hi; i++) { /* the same rows as the embedding: no barrier between */
+            layer_norm_row(x + i * C, L->ln1_w, L->ln1_b, h + i * C, C);
+            prepare_row(P, h + i * C, &a, i);
+        }
+        barrier_wait(&s->bar, nt);
+        linear_rows(P, &L->attn, &a, n, qkv, 3 * C, EPI_STORE, me, nt);
+        barrier_wait(&s->bar, nt);
+        /* every row's keys and values go into the cache before anyone attends (a prompt chunk reads its
+         * own earlier tokens) */
+        for (int64_t i = lo; i < hi; i++)
+            for (int64_t hd = 0; hd < nh; hd++) {
+                const int64_t off = slots[i] * c->slot_stride + hd * c->head_stride + positions[i] * hs;
+                memcpy(Kl + off, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
+                memcpy(Vl + off, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
+            }
+        barrier_wait(&s->bar, nt);
+        /* heads taken one at a time: a prompt chunk's rows attend over prefixes of different lengths */
+        for (int64_t t; (t = atomic_fetch_add_explicit(&s->next_head[l], 1, memory_order_relaxed)) < n * nh;) {
+            const int64_t i = t / nh, hd = t % nh;
+            const int64_t base = slots[i] * c->slot_stride + hd * c->head_stride;
+            attend_head(qkv + i * 3 * C + hd * hs, Kl + base, Vl + base, positions[i], hs, my_scores,
+                        y + i * C + hd * hs);
+        }
+        barrier_wait(&s->bar, nt);
+        a.f32 = y;
+        for (int64_t i = lo; i < hi; i++) prepare_row(P, y + i * C, &a, i);
+        barrier_wait(&s->bar, nt);
+        linear_rows(P, &L->proj, &a, n, x, C, EPI_ADD, me, nt);
+        barrier_wait(&s->bar, nt);
+
+        a.f32 = h;
+        for (int64_t i = lo; i < hi; i++) {
+            layer_norm_row(x + i * C, L->ln2_w, L->ln2_b, h + i * C, C);
+            prepare_row(P, h + i * C, &a, i);
+        }
+        barrier_wait(&s->bar, nt);
+        linear_rows(P, &L->fc, &a, n, h + n * C, F4, EPI_STORE, me, nt);
+        barrier_wait(&s->bar, nt);
+        a.in = F4;
+        a.f32 = h + n * C;
+        for (int64_t i = lo; i < hi; i++) {
+            float *row = h + n * C + i * F4;
+            for (int64_t k = 0; k < F4; k += VL) vstore(row + k, vgelu(vload(row + k)));
+            prepare_row(P, row, &a, i);
+        }
+        barrier_wait(&s->bar, nt);
+        linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD, me, nt);
+        barrier_wait(&s->bar, nt);
+    }
+
+    const int64_t nl = n - s->logits_from;
+    if (nl > 0) {
+        a.in = C;
+        a.f32 = h;
+        int64_t hlo, hhi;
+        share(nl, me, nt, &hlo, &hhi);
+        for (int64_t i = hlo; i < hhi; i++) {
+            layer_norm_row(x + (s->logits_from + i) * C, m->lnf_w, m->lnf_b, h + i * C, C);
+            prepare_row(P, h + i * C, &a, i);
+        }
+        barrier_wait(&s->bar, nt);
+        linear_rows(P, &m->head, &a, nl, s->logits, m->n_vocab, EPI_STORE, me, nt);
+    }
+}
 
 /* ---------------------------------------------------------------- GEMM for long prompts
  * Y[n, out] = X[n, in] W^T + bias for one bf16 or int8 linear layer and many rows: what a long prompt
@@ -805,7 +998,7 @@ static int few_rows(int precision, const Linear *L, const float *X, int64_t n, f
         for (int64_t i = 0; i < n; i++) prepare_row(precision, X + i * L->in, &act, i);
     }
 #pragma omp parallel num_threads(nthreads)
-    linear_rows(precision, L, &act, n, Y, L->out, EPI_STORE);
+    linear_rows(precision, L, &act, n, Y, L->out, EPI_STORE, omp_get_thread_num(), omp_get_num_threads());
     free(act.q);
     free(act.qs);
     return GPT2_OK;
@@ -872,7 +1065,7 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     const int rc = check_arguments(m, c, n, tokens, positions, slots, logits_from, logits);
     if (rc != GPT2_OK) return rc;
 #if GPT2_ISA
-    if (nthreads < 1) nthreads = 1;
+    nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     const int64_t C = m->n_embd, F4 = m->layers[0].mlp.in;
     const int64_t widest = 4 * C > F4 ? 4 * C : F4;
     float *x = alloc(sizeof(float) * n * C);            /* residual stream */
@@ -883,8 +1076,17 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     act.q = alloc(sizeof(int16_t) * n * widest);
     act.qs = alloc(sizeof(float) * n * (widest / GROUP));
     float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
-    const int ok = x && h && qkv && y && act.q && act.qs && scores;
-    if (ok) run(m, c, n, tokens, positions, slots, logits_from, logits, nthreads, x, h, qkv, y, &act, scores);
+    atomic_llong *next_head = alloc(sizeof(atomic_llong) * m->n_layer);
+    const int ok = x && h && qkv && y && act.q && act.qs && scores && next_head;
+    int status = GPT2_E_MEMORY;
+    if (ok) {
+        for (int64_t l = 0; l < m->n_layer; l++) atomic_init(&next_head[l], 0);
+        Step s = {.m = m, .c = c, .n = n, .logits_from = logits_from, .tokens = tokens, .positions = positions,
+                  .slots = slots, .logits = logits, .x = x, .h = h, .qkv = qkv, .y = y, .scores = scores,
+                  .act = &act, .next_head = next_head};
+        status = parallel(step_job, &s, nthreads);
+    }
+    free(next_head);
     free(x);
     free(h);
     free(qkv);
@@ -892,7 +1094,7 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     free(act.q);
     free(act.qs);
     free(scores);
-    return ok ? GPT2_OK : GPT2_E_MEMORY;
+    return status;
 #else
     (void)nthreads; /* unreachable: check_arguments refuses every precision without kernels */
     return GPT2_E_PRECISION;
@@ -910,7 +1112,7 @@ int gpt2_linear(const Linear *L, int64_t precision, const float *X, int64_t n, f
     if (!linear_ok(L, L->out, L->in, (int)precision) || L->out < 1 || L->in < GROUP || L->in % GROUP)
         return GPT2_E_WEIGHTS;
 #if GPT2_ISA
-    if (nthreads < 1) nthreads = 1;
+    nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     if (n < GEMM_MIN_ROWS) return few_rows((int)precision, L, X, n, Y, nthreads);
     return gemm((int)precision, L, X, n, Y, nthreads);
 #else
