@@ -4,9 +4,15 @@
     python -m benchmarks.decode_steps --small-pages     # plus ours with its weights left in 4 KB pages
 
 `benchmarks.decode` alternates whole 128-token runs round by round; on a shared machine whose speed drifts by
-10-30 % within minutes its decode ratios carry that drift. Here each system runs one decode step in turn
-(context ~20, 124M shapes, random weights), the order flipping every time, so every system sees the same
-moments. Prints the median ms per step and ours / llama.cpp per pairing, and the CPU's flags. Without
+10-30 % within minutes its decode ratios carry that drift. Here the systems take turns of a few decode
+steps (context from ~20 to ~470 positions, 124M shapes, random weights), the order flipping every turn,
+so every system sees the same moments. Only each turn's last step is timed (`--warm` untimed ones before
+it): both systems keep their threads spinning for a while after a step (llama.cpp's OpenMP threads
+~10 ms and more, the engine's 2 ms), and a step that starts while the other's threads still spin measures
+the two fighting over the cores, which no user of either sees (nor the idle cores a pause would leave).
+With one untimed step ours read bf16 0.80 and int8 0.99 of llama.cpp's speed; with two, 1.03-1.11 and
+1.49-1.56, near what whole runs give (`benchmarks.decode`).
+Prints the median ms per step and ours / llama.cpp per pairing, and the CPU's flags. Without
 llama-cpp-python (benchmarks/requirements.txt) it times ours only and says why.
 """
 
@@ -41,7 +47,7 @@ def in_small_pages(model: GPT2) -> GPT2:
 
 
 def ours(model: GPT2) -> Callable[[], object]:
-    cache = model.new_cache(1, max_len=1024)  # each step adds a position: --steps stays below 1000
+    cache = model.new_cache(1, max_len=1024)  # each step adds a position: at most 1000 steps in all
     model.prefill(torch.tensor([PROMPT]), cache)
     return lambda: model.decode_one(PROMPT[-1], cache)
 
@@ -59,10 +65,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--small-pages", action="store_true", help="also time ours with 4 KB-page weights")
+    p.add_argument("--warm", type=int, default=2, help="untimed steps before each timed one")
     args = p.parse_args(argv)
     precisions = [x for x in args.precisions.split(",") if x]
-    if not precisions or set(precisions) - set(PEERS) or not 1 <= args.steps <= 1000 or args.layers < 1:
-        p.error(f"--precisions from {', '.join(PEERS)}; --steps 1..1000; --layers at least 1")
+    if (
+        not precisions
+        or set(precisions) - set(PEERS)
+        or not 0 <= args.warm <= 10
+        or not 1 <= args.steps * (args.warm + 1) <= 1000
+        or args.layers < 1
+    ):
+        p.error(
+            f"--precisions from {', '.join(PEERS)}; --warm 0..10; --steps x (warm + 1) 1..1000; --layers 1+"
+        )
     torch.set_num_threads(args.threads)
     missing = llamacpp.unavailable_reason()
     print(cpu_summary())
@@ -89,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             with torch.inference_mode():
                 for i in range(args.steps):
                     for name, step in list(systems.items())[:: 1 if i % 2 else -1]:
+                        for _ in range(args.warm):
+                            step()
                         start = time.perf_counter()
                         step()
                         times[name].append(time.perf_counter() - start)
