@@ -682,12 +682,25 @@ static int grow(int nt) {
     return 1;
 }
 
+/* In a child forked while some thread held the lock: a fresh lock, and no workers (grow starts them). */
+static void after_fork_in_child(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pool.pid = 0;
+    atomic_store(&pool.epoch_sleepers, 0);
+    atomic_store(&pool.pending_sleepers, 0);
+}
+
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+
+static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+
 /* fn(arg, me, nt) on nt threads (the caller is thread 0); returns when all are done. 0 or a code. */
 static int parallel(JobFn fn, void *arg, int nt) {
     if (nt <= 1) {
         fn(arg, 0, 1);
         return GPT2_OK;
     }
+    pthread_once(&fork_handler_once, install_fork_handler);
     pthread_mutex_lock(&pool.lock);
     if (!grow(nt)) {
         pthread_mutex_unlock(&pool.lock);
