@@ -22,9 +22,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from gpt2.precision import PRECISIONS
-from gpt2.request import SERVING
-from gpt2.scheduler import BusyError
+from gpt2.decoding.batch import BusyError
+from gpt2.decoding.request import SERVING
+from gpt2.engine.precision import PRECISIONS
 from gpt2.serving import (
     DEFAULTS,
     ModelRegistry,

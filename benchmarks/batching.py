@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from gpt2 import GPT2, GPT2Config, generate_steps, load_tokenizer, prepare
-from gpt2.scheduler import BatchScheduler
+from gpt2.decoding.batch import BatchScheduler
 from gpt2.tokenizer import PACKAGED_BPE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

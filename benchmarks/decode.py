@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import llamacpp
-from gpt2 import GPT2, GPT2Config, load_model, native, save_model
-from gpt2.engine import describe
-from gpt2.precision import weight_bytes_per_token
+from gpt2 import GPT2, GPT2Config, load_model, save_model
+from gpt2.engine import build, describe
+from gpt2.engine.precision import weight_bytes_per_token
 
 OURS = ("fp32", "bf16", "int8")
 # Each of our precisions races the llama.cpp type closest to it in bytes per weight.
@@ -128,15 +128,18 @@ def build_ours(path: str | os.PathLike[str], precision: str):
 
 def ours_stepper(runner: GPT2, max_len: int) -> Callable[[list[int]], torch.Tensor]:
     """The one place the benchmark drives our model's API: a fresh KV cache for `max_len` positions,
-    then `step(tokens)` runs the tokens after what is cached (a prompt through `prefill`, one token
-    through `decode_one`) and returns the last position's logits (fp32, `(n_vocab,)`). Call it under
-    `torch.inference_mode()`. `benchmarks.llamacpp.llama_stepper` is the same for llama.cpp."""
+    then `step(tokens)` runs the tokens after what is cached through `GPT2.step` (a prompt, or one token)
+    and returns the last position's logits (fp32, `(n_vocab,)`). Call it under `torch.inference_mode()`.
+    `benchmarks.llamacpp.llama_stepper` is the same for llama.cpp."""
     cache = runner.new_cache(1, max_len=max_len)
+    filled = [0]
 
     def step(tokens: list[int]) -> torch.Tensor:
-        if len(tokens) == 1 and cache.length:
-            return runner.decode_one(tokens[0], cache)[0]
-        return runner.prefill(torch.tensor([tokens]), cache)[0]
+        n, start = len(tokens), filled[0]
+        positions = torch.arange(start, start + n)
+        logits = runner.step(torch.tensor(tokens), positions, torch.zeros(n, dtype=torch.long), cache, n - 1)
+        filled[0] = start + n
+        return logits[0]
 
     return step
 
@@ -151,9 +154,9 @@ def hf_from_ours(model: GPT2):
 
 
 def native_status() -> str:
-    """Which precisions our variants decode with gpt2/csrc/decode.c (else PyTorch's path)."""
-    on = [p for p in OURS if native.available(p)]
-    return ", ".join(on) if on else f"off ({native.unavailable_reason()})"
+    """Which precisions our variants decode with gpt2/engine/csrc/decode.c (else PyTorch's path)."""
+    on = [p for p in OURS if build.available(p)]
+    return ", ".join(on) if on else f"off ({build.unavailable_reason()})"
 
 
 def cpu_summary() -> str:
@@ -558,7 +561,7 @@ def run(args: argparse.Namespace, child_argv: list[str]) -> dict:
             r.bytes_per_token = plain_bytes_per_token(model, mean_context)
         else:
             runner = build_ours(weights_path(args), v)
-            if runner.engine is None:
+            if runner.runtime.engine is None:
                 print(f"note: ours {v} runs as {describe(runner)}", file=sys.stderr)
             new_stepper = partial(ours_stepper, runner)
             kv_bytes = 2 * config.n_layer * mean_context * config.n_embd * 4  # fp32 keys and values read

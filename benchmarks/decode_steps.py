@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import llamacpp
-from benchmarks.decode import cpu_summary
+from benchmarks.decode import cpu_summary, ours_stepper
 from gpt2 import GPT2, GPT2Config, load_model, save_model
 from gpt2.engine import attach
 
@@ -41,15 +41,15 @@ def in_small_pages(model: GPT2) -> GPT2:
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             t.data = t.clone()
-    model.huge_page_bytes = 0
-    attach(model, required=model.engine is not None)
+    model.runtime.huge_page_bytes = 0
+    attach(model, required=model.runtime.engine is not None)
     return model
 
 
 def ours(model: GPT2) -> Callable[[], object]:
-    cache = model.new_cache(1, max_len=1024)  # each step adds a position: at most 1000 steps in all
-    model.prefill(torch.tensor([PROMPT]), cache)
-    return lambda: model.decode_one(PROMPT[-1], cache)
+    step = ours_stepper(model, 1024)  # each step adds a position: at most 1000 steps in all
+    step(PROMPT)
+    return lambda: step(PROMPT[-1:])
 
 
 def theirs(path: Path, threads: int) -> Callable[[], object]:

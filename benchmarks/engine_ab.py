@@ -1,9 +1,9 @@
 """Two versions of the engine's source, timed against each other in one process, calls alternating.
 
-    python -m benchmarks.engine_ab OLD.c gpt2/csrc/decode.c --precisions fp32,bf16 --rows 1,8
+    python -m benchmarks.engine_ab OLD.c gpt2/engine/csrc/decode.c --precisions fp32,bf16 --rows 1,8
 
-Both files are compiled with the flags `gpt2.native` uses (so `GPT2_NATIVE_MARCH` applies) and loaded side
-by side; one model (random 124M-shaped weights by default) runs a decode step at context 20 for each row
+Both files are compiled with the flags `gpt2.engine.build` uses (so `GPT2_NATIVE_MARCH` applies) and loaded
+side by side; one model (random 124M-shaped weights by default) runs a decode step at context 20 for each row
 count, alternating between the two libraries call by call (the order flips every round). On a shared
 machine the speed drifts by 10-30 % within minutes; alternating makes both builds see the same drift, so
 their ratio means something where two separate runs would not. Each line also says whether the two
@@ -23,24 +23,24 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import GPT2, native
+from gpt2 import GPT2
 from gpt2.config import GPT2Config
-from gpt2.weights import prepare
+from gpt2.engine import abi, build, prepare
 
 
 def load(source: Path, folder: Path, tag: str) -> ctypes.CDLL:
     out = folder / f"engine-{tag}.so"
-    compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"  # as gpt2.native builds it
-    subprocess.run([compiler, *native._flags(), "-o", str(out), str(source)], check=True)
+    compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"  # as gpt2.engine.build builds it
+    subprocess.run([compiler, *build.flags(), "-o", str(out), str(source)], check=True)
     lib = ctypes.CDLL(str(out))
-    native._declare(lib)
-    native._check_library(lib)
+    abi.declare(lib)
+    abi.check_library(lib)
     return lib
 
 
 def compare(model: GPT2, libs: list[ctypes.CDLL], rows: int, reps: int) -> tuple[list, list, bool]:
     """Median and least seconds per step for each library, and whether their logits were identical."""
-    engine = model.engine.native
+    engine = model.runtime.engine.native
     cache = model.new_cache(max(rows, 1), 64)
     for s in range(rows):  # a 20-token context in every slot
         prompt = torch.randint(0, model.config.n_vocab, (20,))
@@ -70,8 +70,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if not native.available("fp32"):
-        raise SystemExit(f"the native engine is unavailable: {native.unavailable_reason()}")
+    if not build.available("fp32"):
+        raise SystemExit(f"the native engine is unavailable: {build.unavailable_reason()}")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:

@@ -58,7 +58,9 @@ def _child_main(argv: list[str]) -> None:
     result = {
         "load_s": load_s,
         "tok_s": tok_s,
-        "runs_as": runner.precision if runner.engine is not None else f"{runner.precision} (PyTorch)",
+        "runs_as": runner.runtime.precision
+        if runner.runtime.engine is not None
+        else f"{runner.runtime.precision} (PyTorch)",
         "peak_rss_mb": peak_rss_self_mb(),
     }
     print(json.dumps(result))

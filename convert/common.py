@@ -2,7 +2,7 @@
 
 The three routes (OpenAI's TF checkpoints, the book's `.pth`, Hugging Face folders) only rename and
 reshape tensors; checking them against the model's expected shapes and choosing a tied or untied head
-happens once in `gpt2.checkpoint` (shared with the app's Hub loader), writing the output all-or-nothing
+happens once in `gpt2.formats.checks` (shared with the app's Hub loader), writing the output all-or-nothing
 happens here.
 """
 
@@ -21,12 +21,12 @@ import torch
 from gpt2 import GPT2, GPT2Config
 
 # Re-exported for the routes: the checks live in gpt2/ because the app's Hub loader needs them too.
-from gpt2.checkpoint import CheckpointError
-from gpt2.checkpoint import build_model as build_model
-from gpt2.checkpoint import check_source_tensors as check_source_tensors
-from gpt2.checkpoint import heads_tied as heads_tied
+from gpt2.formats.checks import CheckpointError
+from gpt2.formats.checks import build_model as build_model
+from gpt2.formats.checks import check_source_tensors as check_source_tensors
+from gpt2.formats.checks import heads_tied as heads_tied
+from gpt2.formats.weights import model_filename, read_metadata, save_model
 from gpt2.tokenizer import BPE_FILE_SHA256, sha256_file
-from gpt2.weights import model_filename, read_metadata, save_model
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

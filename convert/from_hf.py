@@ -1,7 +1,7 @@
 """Import a Hugging Face GPT-2 folder (`config.json` + `model.safetensors` or `pytorch_model.bin`).
 
-Which configs are accepted and how HF's tensors map onto ours lives in `gpt2.hf_format`, shared with the
-app's Hub loader (`gpt2.hub`); this module only reads a folder on disk, including the older pickled
+Which configs are accepted and how HF's tensors map onto ours lives in `gpt2.formats.hf`, shared with the
+app's Hub loader (`gpt2.formats.hub`); this module only reads a folder on disk, including the older pickled
 `pytorch_model.bin` (safely, weights only), which the Hub loader never fetches.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gpt2 import GPT2
-from gpt2.hf_format import model_from_hf, parse_config_json
+from gpt2.formats.hf import model_from_hf, parse_config_json
 
 from .common import ConvertError
 

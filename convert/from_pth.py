@@ -200,7 +200,7 @@ def load_pth_model(
     source = str(path)
     state = strip_common_prefix(load_pth(path), ("_orig_mod.", "module."))
     if "tok_emb.weight" not in state and any(k.endswith("wte.weight") for k in state):
-        from gpt2.hf_format import hf_to_ours
+        from gpt2.formats.hf import hf_to_ours
 
         hf_like = {
             (k[len("transformer.") :] if k.startswith("transformer.") else k): v for k, v in state.items()

@@ -1,14 +1,30 @@
-"""GPT-2, hand-built in PyTorch: model, KV cache, tokenizer, sampling and streaming generation."""
+"""GPT-2, hand-built in PyTorch: the specification (`config`, `model`, `tokenizer`) and, in layers above
+it, the engine that runs it fast (`engine`), weights in and out (`formats`), decoding (`decoding`) and
+serving (`serving`). Each layer imports only the ones below it (tests/test_layout.py holds it so):
+
+    config, model, tokenizer  ◄──  engine  ◄──  formats, decoding  ◄──  serving
+"""
 
 from .config import SIZES, GPT2Config
-from .generation import Step, TextStream, generate, generate_steps
+from .decoding import (
+    LIBRARY,
+    SERVING,
+    BatchScheduler,
+    BusyError,
+    Limits,
+    Request,
+    SamplingParams,
+    Step,
+    TextStream,
+    generate,
+    generate_samples,
+    generate_steps,
+    resolve_seed,
+)
+from .engine import PRECISIONS, prepare, quantize
+from .formats import list_models, load_model, read_metadata, save_model
 from .model import GPT2, KVCache
-from .precision import PRECISIONS, quantize
-from .request import LIBRARY, SERVING, Limits, Request
-from .sampling import SamplingParams, resolve_seed
-from .scheduler import BatchScheduler, BusyError, generate_samples
 from .tokenizer import Tokenizer, load_tokenizer
-from .weights import list_models, load_model, prepare, read_metadata, save_model
 
 __all__ = [
     "GPT2",

@@ -3,11 +3,23 @@
 Module names mirror OpenAI's checkpoint (`wte, wpe, h[i].ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
 mlp.c_proj, ln_f`) so that converting a checkpoint is a rename, a transpose of the conv1d weights and a
 shape check. Linear weights are stored the PyTorch way, `[out_features, in_features]`.
+
+Two ways in:
+
+    GPT2.forward(idx)         the specification: logits for whole sequences, no state
+    GPT2.step(tokens, ...)    the one inference step: tokens of any sequences held in a `KVCache`, at any
+                              positions (a prompt, one decode step, a batch of them); the native engine
+                              runs it when one is bound (`gpt2.engine`), these same modules otherwise
+
+What a model runs with (precision, engine, name, memory placement) is `model.runtime`, set at load time
+by `gpt2.engine.prepare`; none of it changes the math here.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -46,41 +58,6 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-class KVCache:
-    """Pre-allocated keys and values for every layer, filled left to right.
-
-    Buffers are `(n_layer, B, n_head, max_len, head_dim)` and never reallocated: decoding a token writes
-    one slot per layer. `length` is how many positions are filled (the same for every row).
-    """
-
-    def __init__(
-        self,
-        config: GPT2Config,
-        batch_size: int = 1,
-        max_len: int | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        max_len = config.n_ctx if max_len is None else max_len
-        if not 0 < max_len <= config.n_ctx:
-            raise ValueError(f"KV cache length must be in 1..{config.n_ctx}, got {max_len}")
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.length = 0
-        # Per-layer (k, v) views made once, so a decode step does not re-slice the buffers per layer.
-        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
-    def reset(self) -> None:
-        # Stale values beyond `length` are never read, so there is nothing to zero.
-        self.length = 0
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
@@ -88,75 +65,37 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        # "sdpa": torch's fused scaled_dot_product_attention; "math": the explicit masked softmax.
-        self.impl = "sdpa"
 
     def forward(
-        self,
-        x: torch.Tensor,
-        k_cache: torch.Tensor | None = None,
-        v_cache: torch.Tensor | None = None,
-        start: int = 0,
+        self, x: torch.Tensor, cache: CachedLayer | None = None, probe: Probe | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if k_cache is not None:
-            k_cache[:, :, start : start + T] = k
-            v_cache[:, :, start : start + T] = v
-            # Attend over the filled prefix only, not the whole pre-allocated buffer.
-            k = k_cache[:, :, : start + T]  # (B, nh, S, hs), S = start + T
-            v = v_cache[:, :, : start + T]
-        y = self._attend(q, k, v, start)  # (B, nh, T, hs)
+        if probe is not None:
+            probe.attention(q, k)
+        if cache is None:
+            # softmax(q k^T / sqrt(hs), causal) v — `attention_weights` spells the weights out; torch's
+            # fused kernel computes the same without materialising them (tests hold the two equal).
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:
+            y = cache.attend(q, k, v)  # (B, nh, T, hs): each token over its own sequence's cached prefix
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
-    def forward_rows(
-        self,
-        x: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        rows: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """One new token for each of several independent sequences (continuous batching).
 
-        `x` is `(B, 1, C)`; row b belongs to cache slot `rows[b]` and sits at `positions[b]`. `mask`
-        `(B, 1, 1, S)` lets each row see its own filled prefix only, so rows never leak into each other.
-        """
-        B, _, C = x.shape
-        S = mask.shape[-1]
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, 1, C)
-        q = q.view(B, 1, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, 1, hs)
-        k_cache[rows, :, positions] = k.view(B, self.n_head, self.head_dim)  # slot write, (B, nh, hs)
-        v_cache[rows, :, positions] = v.view(B, self.n_head, self.head_dim)
-        keys = k_cache[rows, :, :S]  # (B, nh, S, hs)
-        values = v_cache[rows, :, :S]  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, nh, 1, hs)
-        return self.c_proj(y.transpose(1, 2).reshape(B, 1, C))
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
-        T, S = q.shape[2], k.shape[2]
-        if self.impl == "math":
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, S)
-            att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
-            return F.softmax(att.float(), dim=-1).to(q.dtype) @ v
-        if T == 1:
-            # One new query sees every cached key: no mask at all. (is_causal=True here would align the
-            # mask to the top-left and let the query see only key 0 — the classic KV-cache bug.)
-            return F.scaled_dot_product_attention(q, k, v)
-        if S == T:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        # Several new queries after a cached prefix: the mask is offset by the prefix length.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device))
-
-
-def causal_mask(T: int, S: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(T, S) boolean mask, True where query i (at absolute position S - T + i) may see key j."""
-    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+def attention_weights(q: torch.Tensor, k: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """GPT-2's attention weights, written out: softmax over keys of q·k / sqrt(hs), each query seeing the
+    keys up to its own position. `q` `(..., T, hs)` are queries `first..first+T-1` of a sequence whose
+    keys `k` `(..., S, hs)` start at position 0. Returns `(..., T, S)`; each row sums to 1."""
+    T, S = q.shape[-2], k.shape[-2]
+    att = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., T, S)
+    visible = (
+        torch.arange(S, device=q.device)[None, :] <= torch.arange(first, first + T, device=q.device)[:, None]
+    )
+    return F.softmax(att.masked_fill(~visible, float("-inf")), dim=-1)
 
 
 class MLP(nn.Module):
@@ -178,20 +117,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        k_cache: torch.Tensor | None = None,
-        v_cache: torch.Tensor | None = None,
-        start: int = 0,
+        self, x: torch.Tensor, cache: CachedLayer | None = None, probe: Probe | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), k_cache, v_cache, start)
-        return x + self.mlp(self.ln_2(x))
-
-    def forward_rows(
-        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *rows_args
-    ) -> torch.Tensor:
-        x = x + self.attn.forward_rows(self.ln_1(x), k_cache, v_cache, *rows_args)
-        return x + self.mlp(self.ln_2(x))
+        a = self.attn(self.ln_1(x), cache, probe)  # what attention writes into the residual stream
+        x = x + a
+        m = self.mlp(self.ln_2(x))  # what the MLP writes
+        if probe is not None:
+            probe.block(a, m, x + m)
+        return x + m
 
 
 class GPT2(nn.Module):
@@ -208,9 +141,7 @@ class GPT2(nn.Module):
         # Tied: logits = h @ wte.T (OpenAI's checkpoints have no head variable). Untied only when a
         # checkpoint brings its own head.
         self.lm_head = None if config.tied_head else nn.Linear(config.n_embd, config.n_vocab, bias=False)
-        self.engine = None  # the native engine bound to these weights, when attached (gpt2/engine.py)
-        self.precision = "fp32"  # how the linear layers are stored (gpt2/precision.py)
-        self.huge_page_bytes = 0  # weight bytes placed in huge-page memory at load (gpt2/hugepages.py)
+        self.runtime = Runtime()
         if self.wte.weight.device.type != "meta":
             # On the meta device (shape checks, loading with assign=True) there is nothing to
             # initialise, and torch's meta normal_ costs seconds on first use.
@@ -235,47 +166,29 @@ class GPT2(nn.Module):
         (an untied checkpoint's, or the packed copy a bf16/int8 load makes of the tied one)."""
         return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
 
-    def set_attention_impl(self, impl: str) -> None:
-        if impl not in ("sdpa", "math"):
-            raise ValueError(f"attention impl must be 'sdpa' or 'math', got {impl!r}")
-        for block in self.h:
-            block.attn.impl = impl
-
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        # .to(), .float(), .cuda() ... may replace the tensors the engine points at: it must be re-attached.
-        self.engine = None
+        # .to(), .float(), .cuda() ... may replace the tensors the engine points at: it must be bound again.
+        self.runtime.engine = None
         return super()._apply(fn, recurse)
 
-    def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
-    ) -> torch.Tensor:
-        """Logits `(B, T, n_vocab)` for token ids `idx` `(B, T)`.
+    def forward(self, idx: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
+        """Logits `(B, T, n_vocab)` for token ids `idx` `(B, T)`, positions 0..T-1: the specification.
 
-        With a `cache`, `idx` continues the sequence already in it: positions start at `cache.length`
-        and the new keys/values are written into the cache. `last_only` computes the head for the last
-        position alone (all that sampling needs), returning `(B, 1, n_vocab)`.
+        `probe` (optional) is shown what the model computes on the way: the embeddings, each block's
+        queries and keys, and what its attention and MLP write into the residual stream
+        (`gpt2.decoding.trace` looks inside with it). It changes nothing.
         """
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
-        B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        limit = self.config.n_ctx if cache is None else cache.max_len
-        if T == 0 or start + T > limit:
-            raise ValueError(f"{start} cached + {T} new tokens do not fit the context of {limit}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        if idx.dim() != 2 or not 0 < idx.shape[1] <= self.config.n_ctx:
+            raise ValueError(
+                f"idx must be (B, T) with 1 <= T <= {self.config.n_ctx}, got shape {tuple(idx.shape)}"
+            )
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
-        for i, block in enumerate(self.h):
-            if cache is None:
-                x = block(x)
-            else:
-                x = block(x, cache.k[i], cache.v[i], start)
-        if cache is not None:
-            cache.length = start + T
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
+        if probe is not None:
+            probe.embedded(x)
+        for block in self.h:
+            x = block(x, probe=probe)
         return self.head(self.ln_f(x))  # (B, T, n_vocab)
-
-    # ------------------------------------------------------------------ the row-wise step (inference)
 
     @torch.no_grad()
     def step(
@@ -292,93 +205,138 @@ class GPT2(nn.Module):
         `slots[i]`; its keys/values are written there and it attends to that slot's positions
         `0..positions[i]`. A prompt is one slot's consecutive positions; a batched decode step is one
         token for each of several slots. Returns fp32 logits `(n - logits_from, n_vocab)` for tokens
-        `logits_from..n-1`. Prefill, decode and batched decode are all this call: the native engine runs
-        it when one is attached (`gpt2.engine`), this module's own layers otherwise.
+        `logits_from..n-1`. Every argument is checked here (`check_step`), before anything runs.
         """
         n = check_step(self.config, tokens, positions, slots, cache, logits_from)
-        if self.engine is not None and self.engine.takes(n, slots):
-            return self.engine.step(tokens, positions, slots, cache, logits_from)
-        # Runs of one slot's consecutive positions go through the cached-prefix path (a prompt chunk); one
-        # token for each of several distinct slots through the masked rows path (a batched decode step).
-        runs = _runs(slots.tolist(), positions.tolist())
-        if len(runs) > 1 and all(b - a == 1 for a, b in runs) and len(set(slots.tolist())) == n:
-            x = self._rows(tokens, positions, slots, cache)  # (n, 1, C)
-            return self.head(self.ln_f(x[logits_from:, 0])).float()
-        out = []
-        for a, b in runs:
-            x = self._chunk(tokens[a:b], int(positions[a]), int(slots[a]), cache)  # (1, T, C)
-            lo = max(logits_from, a) - a
-            if lo < b - a:
-                out.append(self.head(self.ln_f(x[0, lo:])).float())
-        return torch.cat(out) if out else torch.empty(0, self.config.n_vocab, device=tokens.device)
-
-    def _chunk(self, tokens: torch.Tensor, start: int, slot: int, cache: KVCache) -> torch.Tensor:
-        T = tokens.shape[0]
-        pos = torch.arange(start, start + T, device=tokens.device)
-        x = (self.wte(tokens) + self.wpe(pos))[None]  # (1, T, C)
+        engine = self.runtime.engine
+        if engine is not None and engine.takes(n, slots):
+            return engine.step(tokens, positions, slots, cache, logits_from)
+        x = (self.wte(tokens) + self.wpe(positions))[None]  # (1, n, C): all tokens as one row
+        layout = cache.layout(slots, positions)
         for i, block in enumerate(self.h):
-            x = block(x, cache.k[i, slot : slot + 1], cache.v[i, slot : slot + 1], start)
-        return x
-
-    def _rows(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
-    ) -> torch.Tensor:
-        S = int(positions.max()) + 1
-        mask = torch.arange(S, device=tokens.device)[None, :] <= positions[:, None]  # (n, S)
-        mask = mask[:, None, None, :]  # (n, 1, 1, S): each row sees its own filled prefix only
-        x = (self.wte(tokens) + self.wpe(positions))[:, None, :]  # (n, 1, C)
-        for i, block in enumerate(self.h):
-            x = block.forward_rows(x, cache.k[i], cache.v[i], slots, positions, mask)
-        return x
-
-    def decode_rows(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, rows: torch.Tensor
-    ) -> torch.Tensor:
-        """Batched one-token decode for independent sequences sharing one multi-slot cache: `step` with
-        one token per slot. Logits `(B, n_vocab)`; `cache.length` is not used (the caller tracks it)."""
-        return self.step(tokens, positions, rows, cache)
+            x = block(x, cache.layer(i, layout))
+        return self.head(self.ln_f(x[0, logits_from:])).float()  # (n - logits_from, n_vocab)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        # fp32 keys/values for fp32 and packed (bf16/int8) models alike; half-precision models keep theirs.
+        """A cache with `batch_size` slots for this model (fp32 keys/values for fp32 and packed models)."""
         p = self.wte.weight
         return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
 
-    def prefill(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run a prompt `(B, T)` into a cache after its `length` filled positions; logits of the last one."""
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
-        B, T = idx.shape
-        if B != 1:
-            return self(idx, cache, last_only=True)[:, -1, :]  # (B, n_vocab)
-        start = cache.length
-        positions = torch.arange(start, start + T, device=idx.device)
-        slots = torch.zeros(T, dtype=torch.long, device=idx.device)
-        logits = self.step(idx[0], positions, slots, cache, logits_from=T - 1)
-        cache.length = start + T
-        return logits
 
-    def decode_one(self, token: torch.Tensor | int, cache: KVCache) -> torch.Tensor:
-        """One new token per row `(B,)` after the cached prefix; its logits `(B, n_vocab)`."""
-        device = self.wte.weight.device
-        tokens = torch.tensor([token], device=device) if isinstance(token, int) else token.reshape(-1)
-        B = tokens.shape[0]
-        if cache.batch_size != B:
-            raise ValueError(f"{B} tokens for a cache of batch size {cache.batch_size}")
-        start = cache.length
-        positions = torch.full((B,), start, dtype=torch.long, device=device)
-        logits = self.step(tokens, positions, torch.arange(B, device=device), cache)
-        cache.length = start + 1
-        return logits
+class Probe(Protocol):
+    """What `GPT2.forward` shows an observer (see `gpt2.decoding.trace`)."""
+
+    def embedded(self, x: torch.Tensor) -> None: ...  # (B, T, C): token + position embeddings
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor) -> None: ...  # (B, nh, T, hs) each
+
+    def block(
+        self, attn: torch.Tensor, mlp: torch.Tensor, x: torch.Tensor
+    ) -> None: ...  # writes, stream after
 
 
-def _runs(slots: list[int], positions: list[int]) -> list[tuple[int, int]]:
-    """Maximal `[a, b)` ranges of tokens that are one slot's consecutive positions."""
-    runs, a = [], 0
-    for i in range(1, len(slots) + 1):
-        if i == len(slots) or slots[i] != slots[i - 1] or positions[i] != positions[i - 1] + 1:
-            runs.append((a, i))
-            a = i
-    return runs
+# ------------------------------------------------------------------------------------ inference state
+
+
+@dataclass
+class Runtime:
+    """How a model is run, outside its math: set by `gpt2.engine.prepare` and the loaders."""
+
+    precision: str = "fp32"  # how the linear layers are stored (gpt2.engine.precision)
+    engine: Any = None  # the native engine bound to these weights (gpt2.engine.binding.Engine), or None
+    name: str | None = None  # the display name it was loaded under
+    huge_page_bytes: int = 0  # weight bytes placed in huge pages at load (gpt2.engine.memory)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, `slot` by slot: each slot holds one sequence.
+
+    Buffers are `(n_layer, slots, n_head, max_len, head_dim)` and never reallocated: a step writes each
+    token's keys and values at its slot and position. Who owns which slot, and how far each is filled,
+    is the caller's to track (`gpt2.decoding`).
+    """
+
+    def __init__(
+        self,
+        config: GPT2Config,
+        batch_size: int = 1,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        max_len = config.n_ctx if max_len is None else max_len
+        if not 0 < max_len <= config.n_ctx:
+            raise ValueError(f"KV cache length must be in 1..{config.n_ctx}, got {max_len}")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def layout(self, slots: torch.Tensor, positions: torch.Tensor) -> StepLayout:
+        return StepLayout(slots, positions)
+
+    def layer(self, i: int, layout: StepLayout) -> CachedLayer:
+        return CachedLayer(self.k[i], self.v[i], layout)
+
+
+class StepLayout:
+    """Where a step's tokens go: slots, positions, and the runs of one slot's consecutive positions."""
+
+    def __init__(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        self.slots, self.positions = slots, positions
+        slot_list, pos_list = slots.tolist(), positions.tolist()
+        self.runs: list[tuple[int, int]] = []  # [a, b): tokens a..b-1 are one slot's consecutive positions
+        a = 0
+        for i in range(1, len(slot_list) + 1):
+            if i == len(slot_list) or slot_list[i] != slot_list[i - 1] or pos_list[i] != pos_list[i - 1] + 1:
+                self.runs.append((a, i))
+                a = i
+        # One token for each of several distinct slots: a batched decode step, attended in one call.
+        self.one_per_slot = len(self.runs) > 1 and len(set(slot_list)) == len(slot_list)
+        self.starts = [pos_list[a] for a, _ in self.runs]
+        self.run_slots = [slot_list[a] for a, _ in self.runs]
+
+
+class CachedLayer:
+    """One layer's keys and values for one step: write the step's, attend over each token's prefix."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, layout: StepLayout) -> None:
+        self.k, self.v, self.layout = k, v, layout  # (slots, nh, max_len, hs) each
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`q, k, v` `(1, nh, n, hs)` for the step's n tokens → attention output `(1, nh, n, hs)`."""
+        lay = self.layout
+        self.k[lay.slots, :, lay.positions] = k[0].transpose(0, 1)  # (n, nh, hs) into their slots
+        self.v[lay.slots, :, lay.positions] = v[0].transpose(0, 1)
+        if lay.one_per_slot:
+            S = int(lay.positions.max()) + 1
+            visible = torch.arange(S, device=q.device)[None, :] <= lay.positions[:, None]  # (n, S)
+            keys, values = self.k[lay.slots, :, :S], self.v[lay.slots, :, :S]  # (n, nh, S, hs)
+            y = F.scaled_dot_product_attention(
+                q[0].transpose(0, 1)[:, :, None], keys, values, attn_mask=visible[:, None, None]
+            )
+            return y[:, :, 0].transpose(0, 1)[None]  # (n, nh, 1, hs) -> (1, nh, n, hs)
+        out = []
+        for (a, b), slot, start in zip(lay.runs, lay.run_slots, lay.starts):
+            S = start + b - a
+            keys, values = self.k[slot : slot + 1, :, :S], self.v[slot : slot + 1, :, :S]  # (1, nh, S, hs)
+            if b - a == 1:  # one query sees every key (is_causal would align it to key 0)
+                out.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, values))
+            elif b - a == S:  # a whole prompt from position 0
+                out.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, values, is_causal=True))
+            else:  # a chunk after a cached prefix: the mask is offset by the prefix length
+                mask = causal_mask(b - a, S, q.device)
+                out.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, values, attn_mask=mask))
+        return torch.cat(out, dim=2)
+
+
+def causal_mask(T: int, S: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, S) boolean mask, True where query i (at absolute position S - T + i) may see key j."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 def check_step(
@@ -389,7 +347,7 @@ def check_step(
     cache: KVCache,
     logits_from: int,
 ) -> int:
-    """Validate `GPT2.step`'s arguments (before any of them reaches torch indexing or the C engine)."""
+    """Validate `GPT2.step`'s arguments, once, before any of them reaches torch indexing or the C engine."""
     for name, t in (("tokens", tokens), ("positions", positions), ("slots", slots)):
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be a 1-D integer tensor")
@@ -399,9 +357,13 @@ def check_step(
             f"tokens, positions and slots must have the same length >= 1, got {n}, "
             f"{positions.shape[0]}, {slots.shape[0]}"
         )
-    if not isinstance(logits_from, int) or not 0 <= logits_from <= n:
+    if isinstance(logits_from, bool) or not isinstance(logits_from, int) or not 0 <= logits_from <= n:
         raise ValueError(f"logits_from must be in 0..{n}, got {logits_from!r}")
-    if cache.k.shape[0] != config.n_layer or cache.k.shape[2] != config.n_head:
+    if (
+        not isinstance(cache, KVCache)
+        or cache.k.shape[0] != config.n_layer
+        or cache.k.shape[2] != config.n_head
+    ):
         raise ValueError("the cache was made for another model")
     checks = (
         (tokens, config.n_vocab, "token id"),

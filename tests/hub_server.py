@@ -1,4 +1,4 @@
-"""Test helper for `gpt2/hub.py`: a stand-in for the Hugging Face Hub on 127.0.0.1 (port 0), in a thread.
+"""Test helper for `gpt2/formats/hub.py`: a stand-in for the Hugging Face Hub on 127.0.0.1, in a thread.
 
 It answers exactly the requests huggingface_hub makes to load a model (found by reading its code and
 logging its requests): the file list `GET /api/models/{repo}/tree/{revision}` and, per file,

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 import app
 import ui
 from gpt2 import generate, generate_steps
-from gpt2.inspect import prompt_probs, token_probs
+from gpt2.decoding.probs import prompt_probs, token_probs
 from gpt2.serving import ModelRegistry, make_request, parse_stop_text
 from ui import render
 
@@ -122,7 +122,7 @@ def test_generate_with_probs_streams_token_data(server):
     final = updates[-1]
     assert final["done"] and final["finish_reason"] in ("length", "eot") and final["seed"] == 7
     assert final["text"] == library_text(server, **args, top_p=1.0, repetition_penalty=1.0)
-    # Each token's numbers are what gpt2.inspect gives for the library's own steps.
+    # Each token's numbers are what gpt2.decoding.probs gives for the library's own steps.
     model, tok = server.registry.get(MODEL_NAME), server.registry.tokenizer
     steps = [s for s in generate_steps(model, tok, PROMPT, **args) if s.token is not None]
     assert [t["token"] for t in final["tokens"]] == [s.token for s in steps]
@@ -285,7 +285,7 @@ def test_no_weights_stops_with_the_convert_command(tmp_path, capsys):
 
 
 def test_rendering_is_escaped_and_coloured():
-    from gpt2.inspect import Alternative, TokenProbs
+    from gpt2.decoding.probs import Alternative, TokenProbs
 
     t = TokenProbs(1, "<i>&", 0.5, 0.25, math.log(0.25), 2, 3.0, [Alternative(2, "\n", 0.5, 0.5)])
     span = render.token_span(t)

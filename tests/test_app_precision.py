@@ -23,7 +23,7 @@ def test_registry_serves_packed_precision(tmp_path_factory, bpe_dir, precision):
         warnings.simplefilter("ignore", RuntimeWarning)  # where the engine cannot run this precision
         want_model = load_model(registry.sources[MODEL_NAME], precision=precision)
         model = registry.get(MODEL_NAME)
-    assert model.precision == precision and precision in registry.device_label
+    assert model.runtime.precision == precision and precision in registry.device_label
     want = "".join(generate(want_model, registry.tokenizer, PROMPT, **KW))
     request, name = make_request(registry, PROMPT, *KW.values(), None, MODEL_NAME)
     texts = []

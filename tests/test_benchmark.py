@@ -20,7 +20,8 @@ import torch
 from benchmarks import llamacpp
 from benchmarks.decode import LABELS, LLAMA, OURS, PAIRS, columns, pair_columns
 from benchmarks.sizes import SizeResult, verdict
-from gpt2 import GPT2, native
+from gpt2 import GPT2
+from gpt2.engine import build
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_MISSING = llamacpp.unavailable_reason()
@@ -73,7 +74,7 @@ def test_quick_benchmark_prints_full_table(quick):
         assert tok_s > 0 and abs(tok_s * ms_tok - 1000) < 0.02 * 1000, label
         assert all(float(row[i]) > 0 for i in (3, 4, 5, 6))  # CPU ms, TTFT, prefill 64, MB/token
     assert rows[LABELS["hf"]][9] == rows[LABELS["hf"]][10] == "1.00"  # ratios are to HF
-    if native.available("int8"):  # the engine's int8 reads a quarter of fp32's bytes
+    if build.available("int8"):  # the engine's int8 reads a quarter of fp32's bytes
         assert float(rows[LABELS["int8"]][6]) < 0.3 * float(rows[LABELS["fp32"]][6])
     assert "greedy tokens equal to fast fp32: hf yes, plain yes, fp32 yes" in proc.stdout
     assert "flags: " in proc.stdout and "CPU: " in proc.stdout
@@ -178,10 +179,10 @@ def test_bad_arguments_are_refused():
         assert proc.returncode == 2 and "llama.cpp variants asked for" in proc.stderr
 
 
-@pytest.mark.skipif(not native.available("fp32"), reason="native engine unavailable")
+@pytest.mark.skipif(not build.available("fp32"), reason="native engine unavailable")
 def test_engine_ab_times_two_builds_side_by_side():
     """The A/B tool builds both sources, alternates them and reports identical bits for identical code."""
-    source = str(ROOT / "gpt2" / "csrc" / "decode.c")
+    source = str(ROOT / "gpt2" / "engine" / "csrc" / "decode.c")
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.engine_ab", source, source, "--precisions", "fp32,int8"]
         + ["--rows", "1,3", "--reps", "2", "--layers", "1"],

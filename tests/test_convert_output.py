@@ -9,7 +9,7 @@ from reference import hf_from_ours
 
 import convert.common as common
 from convert.__main__ import main
-from gpt2.weights import list_models, load_model
+from gpt2.formats.weights import list_models, load_model
 
 
 def _disk_full(*args, **kwargs):

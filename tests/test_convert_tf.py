@@ -24,8 +24,8 @@ from tf_checkpoints import (
 
 from convert.__main__ import main
 from gpt2 import read_metadata
+from gpt2.formats.weights import load_model
 from gpt2.tokenizer import BPE_FILE_SHA256, sha256_file
-from gpt2.weights import load_model
 
 TOL = 1e-4
 WIDE_HP = dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=2)

@@ -15,7 +15,7 @@ from tf_checkpoints import hf_reference, random_arrays, write_checkpoint
 from convert import download
 from convert.__main__ import main
 from convert.download import FILES, DownloadError, download_file, download_model
-from gpt2.weights import load_model
+from gpt2.formats.weights import load_model
 
 HP = dict(n_vocab=50257, n_ctx=32, n_embd=32, n_head=2, n_layer=2)
 DATA = "model.ckpt.data-00000-of-00001"

@@ -1,4 +1,4 @@
-"""`gpt2.hub`: weights from the Hugging Face Hub, against a stand-in Hub on 127.0.0.1 (tests/hub_server.py).
+"""`gpt2.formats.hub`: weights from the Hugging Face Hub, against a stand-in Hub on 127.0.0.1.
 
 huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE into `huggingface_hub.constants` when it
 is imported; in-process tests patch those constants, and the offline test runs a fresh interpreter with
@@ -21,7 +21,7 @@ from hub_server import FakeHub
 from transformers import GPT2LMHeadModel
 
 from gpt2 import generate_steps, save_model
-from gpt2.hub import HubError, is_hub_spec, load_hub_model, model_name, parse_spec
+from gpt2.formats.hub import HubError, is_hub_spec, load_hub_model, model_name, parse_spec
 
 HF_DIMS = dict(vocab_size=50257, n_positions=128, n_embd=64, n_head=4, n_layer=2)
 PROMPT = "Every effort moves you"
@@ -103,7 +103,7 @@ def greedy_ids_transformers(hf: GPT2LMHeadModel, tokenizer, n: int) -> list[int]
 def test_hf_format_repo_generates_what_transformers_does(hub, tokenizer):
     server, hf, _ = hub
     model = load_hub_model("hf://org/tiny-gpt2")
-    assert model.name == "org/tiny-gpt2" and model.config.n_layer == 2 and model.config.tied_head
+    assert model.runtime.name == "org/tiny-gpt2" and model.config.n_layer == 2 and model.config.tied_head
     assert all(p.dtype == torch.float32 for p in model.parameters())
     want = greedy_ids_transformers(hf, tokenizer, 24)
     assert greedy_ids_ours(model, tokenizer, 24) == want and len(want) == 24 and len(set(want)) > 1
@@ -129,7 +129,7 @@ def test_own_format_repo_loads_the_same_tensors(hub):
         "hf://me/two@main/sub/gpt2-b.safetensors",
     ):
         model = load_hub_model(spec)
-        assert model.config == ours.config and model.name == model_name(spec)
+        assert model.config == ours.config and model.runtime.name == model_name(spec)
         for key, value in ours.state_dict().items():
             assert torch.equal(model.state_dict()[key], value), key
 
@@ -188,7 +188,7 @@ def test_unreachable_hub_with_nothing_cached_is_one_clear_line(monkeypatch, tmp_
 
 OFFLINE_PROBE = """
 import sys, torch
-from gpt2.hub import load_hub_model
+from gpt2.formats.hub import load_hub_model
 idx = torch.arange(40).unsqueeze(0)
 for spec in sys.argv[1:]:
     with torch.no_grad():

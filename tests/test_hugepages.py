@@ -1,4 +1,4 @@
-"""Weights in huge pages (gpt2/hugepages.py): same values and logits, 2 MB-aligned, advised to the kernel."""
+"""Weights in huge pages (gpt2/engine/memory.py): same values and logits, 2 MB-aligned, advised."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import TINY, random_model
 
-from gpt2 import hugepages, load_model, save_model
+from gpt2 import load_model, save_model
+from gpt2.engine import memory as hugepages
 
 needs_thp = pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages on this system")
 
@@ -36,7 +37,7 @@ def test_loaded_weights_are_placed_in_advised_huge_pages(tmp_path):
         loaded = load_model(path, precision=precision)
         sizes = {t: t.numel() * t.element_size() for t in (*loaded.parameters(), *loaded.buffers())}
         big = [t for t, n in sizes.items() if n >= 1 << 20]
-        assert big and loaded.huge_page_bytes == sum(sizes[t] for t in big)
+        assert big and loaded.runtime.huge_page_bytes == sum(sizes[t] for t in big)
         for t in big:
             assert t.data_ptr() % hugepages.HUGE_PAGE == 0 and "hg" in mapping_flags(t.data_ptr())
         small = loaded.h[0].ln_1.weight  # left where it was

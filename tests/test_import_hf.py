@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 from convert.__main__ import main
-from gpt2.weights import load_model, read_metadata
+from gpt2.formats.weights import load_model, read_metadata
 
 TOL = 1e-4
 DIMS = dict(vocab_size=50257, n_positions=96, n_embd=64, n_head=4, n_layer=6)  # distilgpt2's depth

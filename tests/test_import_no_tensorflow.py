@@ -41,7 +41,14 @@ def _loaded_tf_modules(*modules: str) -> str:
 @pytest.mark.parametrize(
     "modules",
     [
-        ("gpt2", "gpt2.model", "gpt2.weights", "gpt2.tokenizer", "gpt2.generation", "gpt2.sampling"),
+        (
+            "gpt2",
+            "gpt2.model",
+            "gpt2.formats.weights",
+            "gpt2.tokenizer",
+            "gpt2.decoding.generate",
+            "gpt2.decoding.sampling",
+        ),
         ("app",),
         (
             "convert.__main__",

@@ -14,7 +14,7 @@ from reference import hf_gpt2_config
 from transformers import GPT2LMHeadModel
 
 from convert.__main__ import main
-from gpt2.weights import list_models, load_model, read_metadata
+from gpt2.formats.weights import list_models, load_model, read_metadata
 
 V, CTX, D, HEADS, LAYERS = 50257, 48, 64, 4, 2
 TOL = 1e-4

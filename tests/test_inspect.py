@@ -1,4 +1,4 @@
-"""gpt2.inspect: per-token probabilities and perplexity, checked against Hugging Face's GPT-2.
+"""gpt2.decoding.probs: per-token probabilities and perplexity, checked against Hugging Face's GPT-2.
 
 The reference side never uses our sampling code: the penalty/temperature/top-k/top-p transform is written
 out again here, directly from its definition, and applied to Hugging Face's logits.
@@ -14,7 +14,7 @@ from conftest import TINY, random_model
 from reference import hf_from_ours, hf_logits
 
 from gpt2 import generate_steps
-from gpt2.inspect import continuation_summary, prompt_probs, token_probs
+from gpt2.decoding.probs import continuation_summary, prompt_probs, token_probs
 
 TOL = 1e-4
 PROMPT = "Every effort moves you"

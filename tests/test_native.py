@@ -1,4 +1,4 @@
-"""The native decode engine (gpt2/csrc/decode.c): same logits as the reference, rows independent, safe."""
+"""The native decode engine (gpt2/engine/csrc/decode.c): same logits as the reference, rows apart, safe."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 import torch
 from conftest import WIDE, random_model
 from reference import hf_from_ours, hf_logits
+from stepping import decode_one, decode_rows, prefill
 
-from gpt2 import GPT2, PRECISIONS, GPT2Config, native, prepare
-from gpt2.engine import native_spec
+from gpt2 import GPT2, PRECISIONS, GPT2Config, prepare
+from gpt2.engine import abi, binding, build, cpu, gemm, threads
+from gpt2.engine.binding import native_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # fp32, as tests/test_parity.py
@@ -30,12 +32,12 @@ REL_TOL = {"fp32": 1e-5, "bf16": 1e-2, "int8": 3e-2}
 # 1e-3 and more.
 ACT_TOL = {"fp32": 1e-5, "bf16": 1e-5, "int8": 2e-4}
 
-FLAGS = native.cpu_flags() or set()
+FLAGS = cpu.flags() or set()
 AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= FLAGS
 AVX2 = {"avx2", "fma"} <= FLAGS
-MARCH = os.environ.get(native.MARCH_ENV, "native")
+MARCH = os.environ.get(abi.MARCH_ENV, "native")
 needs_native = pytest.mark.skipif(
-    not native.available("fp32"), reason=f"native engine unavailable: {native.unavailable_reason()}"
+    not build.available("fp32"), reason=f"native engine unavailable: {build.unavailable_reason()}"
 )
 
 
@@ -43,16 +45,16 @@ def test_native_engine_builds_wherever_it_can():
     """On an AVX-512 or AVX2 machine with a C compiler, a failed build is a bug, not a reason to skip;
     and every precision runs wherever the engine does."""
     if not shutil.which("cc") or os.environ.get("GPT2_NATIVE", "1") == "0":
-        assert not native.available("fp32") and native.unavailable_reason()
+        assert not build.available("fp32") and build.unavailable_reason()
     elif AVX512 or AVX2 or MARCH != "native":
         for precision in PRECISIONS:
-            assert native.available(precision), native.unavailable_reason(precision)
-        info = native.build_info()
-        assert info["abi"] == native.ABI_VERSION and set(info["extensions"]) <= FLAGS  # only what it has
+            assert build.available(precision), build.unavailable_reason(precision)
+        info = build.info()
+        assert info["abi"] == abi.ABI_VERSION and set(info["extensions"]) <= FLAGS  # only what it has
         if MARCH == "native":
             assert info["isa"] == (512 if AVX512 else 256)
     else:
-        assert not native.available("fp32") and native.unavailable_reason()
+        assert not build.available("fp32") and build.unavailable_reason()
 
 
 def _pytest_with_march(march: str, cache: Path) -> subprocess.CompletedProcess:
@@ -88,14 +90,14 @@ def test_avx512_builds_compile_and_report(tmp_path, march):
     refuses the library with that reason (and never calls into it). Where the CPU has them, it runs."""
     uses, lacks = AVX512_BUILDS[march]
     env = dict(os.environ, GPT2_NATIVE_MARCH=march, GPT2_NATIVE_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    code = "from gpt2 import native as n; print(n.available('fp32')); print(n.unavailable_reason())"
+    code = "from gpt2.engine import build as n; print(n.available('fp32')); print(n.unavailable_reason())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ok, reason = done.stdout.strip().split("\n")
     assert len(list(tmp_path.rglob("decode-*.so"))) == 1, reason  # it compiled
     lib = ctypes.CDLL(str(next(tmp_path.rglob("decode-*.so"))))  # only its constant-returning functions
     bits = ctypes.c_int64(lib.gpt2_required_isa()).value
-    reported = {name for bit, name in enumerate(native._ISA_FLAGS) if bits >> bit & 1}
+    reported = {name for bit, name in enumerate(abi.ISA_FLAGS) if bits >> bit & 1}
     assert uses <= reported and not lacks & reported
     if reported <= FLAGS:
         assert ok == "True", reason
@@ -113,9 +115,9 @@ def with_engine(model: GPT2, precision: str = "fp32") -> GPT2:
 def run_sequence(runner, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Logits at positions prompt_len-1 .. len-2: one prefill, then one decode step per token."""
     cache = runner.new_cache(max_len=seq.shape[0])
-    out = [runner.prefill(seq[None, :prompt_len], cache)[0]]
+    out = [prefill(runner, seq[None, :prompt_len], cache)[0]]
     for t in range(prompt_len, seq.shape[0] - 1):
-        out.append(runner.decode_one(int(seq[t]), cache)[0])
+        out.append(decode_one(runner, int(seq[t]), cache, t)[0])
     return torch.stack(out)
 
 
@@ -133,7 +135,7 @@ def run_sequence(runner, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
 def test_native_fp32_equals_hugging_face(config, prompt_len):
     model = random_model(config, seed=config.n_embd + prompt_len)
     runner = with_engine(model, "fp32")
-    assert runner.engine is not None
+    assert runner.runtime.engine is not None
     seq = torch.randint(0, config.n_vocab, (80,), generator=torch.Generator().manual_seed(prompt_len))
     got = run_sequence(runner, seq, prompt_len)
     want = hf_logits(hf_from_ours(model), seq[None, :-1])[0, prompt_len - 1 :]
@@ -183,7 +185,7 @@ def test_native_precisions_within_tolerance(wide_model, precision):
     the same rounded weights computed in fp32 it is ~100x closer (the activations stay precise)."""
     seq = torch.randint(0, WIDE.n_vocab, (60,), generator=torch.Generator().manual_seed(5))
     runner = with_engine(wide_model, precision)
-    assert runner.precision == precision and runner.engine is not None
+    assert runner.runtime.precision == precision and runner.runtime.engine is not None
     got = run_sequence(runner, seq, 10)
     with torch.no_grad():
         want = wide_model(seq[None, :-1])[0, 9:]
@@ -199,8 +201,8 @@ def test_native_precisions_within_tolerance(wide_model, precision):
 def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision):
     """Rows at different positions in scattered slots: each row's logits equal, to the bit, what it gets
     decoded alone, whatever the batch holds and however many threads run (no cross-talk, no reordering)."""
-    if not native.available(precision):
-        pytest.skip(native.unavailable_reason(precision))
+    if not build.available(precision):
+        pytest.skip(build.unavailable_reason(precision))
     runner = with_engine(wide_model, precision)
     g = torch.Generator().manual_seed(8)
     lengths, slots = (7, 3, 12, 5, 9, 2), (5, 0, 2, 6, 1, 3)
@@ -209,10 +211,10 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
     alone = []
     for slot, seq in zip(slots, seqs):
         single = runner.new_cache(max_len=16)
-        runner.prefill(seq[None, :-1], single)
+        prefill(runner, seq[None, :-1], single)
         shared.k[:, slot : slot + 1] = single.k
         shared.v[:, slot : slot + 1] = single.v
-        alone.append(runner.decode_one(int(seq[-1]), single)[0])
+        alone.append(decode_one(runner, int(seq[-1]), single, len(seq) - 1)[0])
     tokens = torch.stack([s[-1] for s in seqs])
     positions = torch.tensor([n - 1 for n in lengths])
     threads = torch.get_num_threads()
@@ -220,7 +222,7 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
         for n_threads in (1, 2, 3):  # 3: more threads than a 2-core CI machine has (they sleep, not spin)
             torch.set_num_threads(n_threads)
             for take in (slice(0, 6), slice(0, 5), slice(1, 3)):  # batches of 6, 5 (4 + 1) and 2 rows
-                got = runner.decode_rows(tokens[take], positions[take], shared, torch.tensor(slots[take]))
+                got = decode_rows(runner, tokens[take], positions[take], shared, torch.tensor(slots[take]))
                 for row, want in zip(got, alone[take]):
                     assert torch.equal(row, want)
     finally:
@@ -253,10 +255,11 @@ def test_engine_serves_callers_on_any_thread_at_once(wide_model):
 
 def _decode_in_child(runner, seq, conn) -> None:
     cache = runner.new_cache(max_len=seq.shape[0])
-    out = [runner.prefill(seq[None, :5], cache)[0]] + [runner.decode_one(int(t), cache)[0] for t in seq[5:-1]]
+    out = [prefill(runner, seq[None, :5], cache)[0]]
+    out += [decode_one(runner, int(t), cache, 5 + i)[0] for i, t in enumerate(seq[5:-1])]
     # Only the engine is under test: libgomp's own threads do not survive a fork either, and a parallel
     # PyTorch op (stacking 350k values) would wait for them forever.
-    with native.single_threaded_torch():
+    with threads.single_threaded_torch():
         conn.send(torch.stack(out).numpy().tobytes())  # bytes: a tensor would be sent as shared memory
 
 
@@ -289,13 +292,13 @@ def test_single_threaded_torch_is_per_thread_and_restored():
     def other() -> None:
         seen["other"] = torch.get_num_threads()
 
-    with native.single_threaded_torch():
+    with threads.single_threaded_torch():
         seen["inside"] = torch.get_num_threads()
         t = threading.Thread(target=other)
         t.start()
         t.join()
     assert torch.get_num_threads() == before
-    if native._openmp() is not None:  # a torch built with OpenMP (Linux wheels)
+    if threads._openmp() is not None:  # a torch built with OpenMP (Linux wheels)
         assert seen["inside"] == 1
         assert seen["other"] == before
 
@@ -318,11 +321,12 @@ def _bad_calls(n_vocab: int, k: torch.Tensor, v: torch.Tensor) -> list[tuple[str
         ("positions has 2 entries", dict(ok, positions=torch.tensor([0, 1]))),
         ("slots has 2 entries", dict(ok, slots=torch.tensor([0, 1]))),
         ("positions must be an integer", dict(ok, positions=zero.bool())),
-        ("tokens must lie in", dict(ok, tokens=torch.tensor([n_vocab]))),
-        ("tokens must lie in", dict(ok, tokens=torch.tensor([-1]))),
-        ("positions must lie in", dict(ok, positions=torch.tensor([8]))),
-        ("positions must lie in", dict(ok, positions=torch.tensor([-3]))),
-        ("slots must lie in", dict(ok, slots=torch.tensor([2]))),
+        # values are GPT2.step's to check; called directly, C's last-line guard refuses them
+        ("token id is outside the vocabulary", dict(ok, tokens=torch.tensor([n_vocab]))),
+        ("token id is outside the vocabulary", dict(ok, tokens=torch.tensor([-1]))),
+        ("position is outside the cache", dict(ok, positions=torch.tensor([8]))),
+        ("position is outside the cache", dict(ok, positions=torch.tensor([-3]))),
+        ("cache slot is outside the cache", dict(ok, slots=torch.tensor([2]))),
         ("logits_from", dict(ok, logits_from=2)),
         ("logits_from", dict(ok, logits_from=-1)),
         ("logits_from", dict(ok, logits_from=True)),
@@ -342,29 +346,30 @@ def _bad_calls(n_vocab: int, k: torch.Tensor, v: torch.Tensor) -> list[tuple[str
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_native_refuses_bad_arguments_without_crashing(wide_model, precision):
-    """Every malformed call is a ValueError that says what is wrong, raised before C is called; the
-    engine and the cache are untouched and decoding gives the same logits afterwards."""
+    """Every malformed call is a ValueError that says what is wrong: the binding refuses what C cannot
+    see (types, lengths, layouts) before calling it, C refuses out-of-range values before touching
+    anything; the engine and the cache are untouched and decoding gives the same logits afterwards."""
     runner = with_engine(wide_model, precision)
     cache = runner.new_cache(batch_size=2, max_len=8)
-    runner.prefill(torch.tensor([[5, 6, 7]]), cache)
-    before = runner.engine.native.forward(
+    prefill(runner, torch.tensor([[5, 6, 7]]), cache)
+    before = runner.runtime.engine.native.forward(
         torch.tensor([9]), torch.tensor([3]), torch.tensor([0]), cache.k, cache.v
     )
     k0, v0 = cache.k.clone(), cache.v.clone()
     for message, kwargs in _bad_calls(WIDE.n_vocab, cache.k, cache.v):
         with pytest.raises(ValueError, match=message):
-            runner.engine.native.forward(**kwargs)
+            runner.runtime.engine.native.forward(**kwargs)
     assert torch.equal(cache.k, k0) and torch.equal(cache.v, v0)
     with pytest.raises(ValueError, match="slots"):  # and through GPT2.step's own checks
-        runner.decode_rows(torch.tensor([1]), torch.tensor([0]), cache, torch.tensor([2]))
-    after = runner.engine.native.forward(
+        decode_rows(runner, torch.tensor([1]), torch.tensor([0]), cache, torch.tensor([2]))
+    after = runner.runtime.engine.native.forward(
         torch.tensor([9]), torch.tensor([3]), torch.tensor([0]), cache.k, cache.v
     )
     assert torch.equal(before, after)
 
 
 def packed_layer(precision: str, out: int, in_: int, bias: bool, seed: int = 0):
-    from gpt2.precision import Bf16Linear, Int8Linear
+    from gpt2.engine.precision import Bf16Linear, Int8Linear
 
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(out, in_, generator=g) * 0.05, torch.randn(out, generator=g)
@@ -384,11 +389,11 @@ def test_native_linear_within_rounding_of_widening(precision):
         for rows in (1, 5, 15, 16, 37, 200):
             x = torch.randn(rows, in_, generator=g)
             want = torch.nn.functional.linear(x, lin.dequantized(), lin.bias)
-            got = native.linear(x, lin.weight, lin.scale, lin.bias)
+            got = gemm.linear(x, lin.weight, lin.scale, lin.bias)
             tol = ACT_TOL[precision] if rows < 16 else 1e-5
             assert got.shape == want.shape and rel_err(got, want) <= tol, (out, in_, rows)
     x = torch.randn(2, 20, in_, generator=g)
-    got = native.linear(x, lin.weight, lin.scale, lin.bias)
+    got = gemm.linear(x, lin.weight, lin.scale, lin.bias)
     assert got.shape == (2, 20, out)
     assert rel_err(got, torch.nn.functional.linear(x, lin.dequantized(), lin.bias)) <= 1e-5
 
@@ -411,14 +416,14 @@ def test_native_linear_refuses_bad_arguments():
     ]
     for message, args in bad:
         with pytest.raises(ValueError, match=message):
-            native.linear(*args)
-    lib = native._load()
+            gemm.linear(*args)
+    lib = build.library()
     y = torch.zeros(3, 32)
 
     scales, rows = lin8.scale.data_ptr(), x.data_ptr()
 
     def call(n=3, precision=2, in_=64, scale=scales, xp=rows):
-        spec = native._Linear(lin8.weight.data_ptr(), scale, None, 32, in_)
+        spec = abi.Linear(lin8.weight.data_ptr(), scale, None, 32, in_)
         return lib.gpt2_linear(ctypes.byref(spec), precision, xp, n, y.data_ptr(), 1)
 
     got = [call(xp=None), call(n=0), call(precision=0), call(precision=9), call(in_=48), call(scale=None)]
@@ -434,22 +439,22 @@ def test_positions_beyond_the_model_context_are_refused():
     runner = with_engine(random_model(config), "fp32")
     k = torch.zeros(1, 1, 4, 32, 16)
     call = dict(tokens=torch.tensor([1]), slots=torch.tensor([0]), k=k, v=torch.zeros_like(k))
-    assert torch.isfinite(runner.engine.native.forward(positions=torch.tensor([15]), **call)).all()
-    with pytest.raises(ValueError, match=r"positions must lie in \[0, 16\)"):
-        runner.engine.native.forward(positions=torch.tensor([16]), **call)
+    assert torch.isfinite(runner.runtime.engine.native.forward(positions=torch.tensor([15]), **call)).all()
+    with pytest.raises(ValueError, match="position is outside the cache or the model's context"):
+        runner.runtime.engine.native.forward(positions=torch.tensor([16]), **call)
 
 
 @needs_native
 def test_the_c_side_checks_again():
     """Called directly (as a caller skipping Python's checks would), gpt2_forward refuses with a code
-    from native.ERRORS and writes nothing."""
+    from abi.ERRORS and writes nothing."""
     config = GPT2Config(n_ctx=16, n_embd=64, n_head=4, n_layer=1)
-    eng = with_engine(random_model(config), "int8").engine.native
+    eng = with_engine(random_model(config), "int8").runtime.engine.native
     k, v, logits = torch.zeros(1, 2, 4, 8, 16), torch.zeros(1, 2, 4, 8, 16), torch.zeros(1, config.n_vocab)
 
     def call(tokens=(1,), positions=(0,), slots=(0,), n=None, logits_from=0, model=None, **cache_fields):
         t, p, s = (torch.tensor(x, dtype=torch.int64) for x in (tokens, positions, slots))
-        cache = native._Cache(k.data_ptr(), v.data_ptr(), *k.stride()[:3], 1, 2, 4, 8, 16)
+        cache = abi.Cache(k.data_ptr(), v.data_ptr(), *k.stride()[:3], 1, 2, 4, 8, 16)
         for name, value in cache_fields.items():
             setattr(cache, name, value)
         model = eng._model if model is None else model
@@ -460,13 +465,13 @@ def test_the_c_side_checks_again():
     for t in (logits, k, v):
         t.zero_()
 
-    def model_with(**fields) -> native._Model:
-        m = native._Model.from_buffer_copy(eng._model)
+    def model_with(**fields) -> abi.Model:
+        m = abi.Model.from_buffer_copy(eng._model)
         for name, value in fields.items():
             setattr(m, name, value)
         return m
 
-    unscaled_head = native._Linear(eng._model.head.w, None, None, config.n_vocab, 64)  # int8 needs scales
+    unscaled_head = abi.Linear(eng._model.head.w, None, None, config.n_vocab, 64)  # int8 needs scales
     refused = [
         (-1, call(k=None)),
         (-2, call(model=model_with(n_head=3))),
@@ -481,19 +486,19 @@ def test_the_c_side_checks_again():
         (-9, call(slots=(2,))),
     ]
     assert [got for _, got in refused] == [code for code, _ in refused]
-    assert {code for code, _ in refused} <= set(native.ERRORS)
+    assert {code for code, _ in refused} <= set(abi.ERRORS)
     assert logits.abs().sum() == 0 and k.abs().sum() == 0 and v.abs().sum() == 0
 
 
 def test_error_codes_have_messages():
-    source = (ROOT / "gpt2" / "csrc" / "decode.c").read_text()
+    source = (ROOT / "gpt2" / "engine" / "csrc" / "decode.c").read_text()
     codes = {
         int(line.split("=")[1].split(",")[0])
         for line in source.splitlines()
         if "GPT2_E_" in line and "= -" in line
     }
-    assert codes == set(native.ERRORS)
-    assert f"#define GPT2_ABI_VERSION {native.ABI_VERSION}\n" in source
+    assert codes == set(abi.ERRORS)
+    assert f"#define GPT2_ABI_VERSION {abi.ABI_VERSION}\n" in source
 
 
 def _spec_of(runner: GPT2) -> dict:
@@ -532,12 +537,12 @@ WEIGHT_CHANGES = {
 def test_native_model_checks_its_weights(wide_model, change):
     """NativeModel refuses weights that do not match the config, before any call can use them."""
     spec = _spec_of(with_engine(wide_model, "bf16"))
-    native.NativeModel("bf16", WIDE, **spec)  # as the engine builds it: fine
+    binding.NativeModel("bf16", WIDE, **spec)  # as the engine builds it: fine
     path, value, message = WEIGHT_CHANGES[change]
     spec["layers"] = [dict(d) for d in spec["layers"]]
     _set(spec, path, value(spec))
     with pytest.raises(ValueError, match=message):
-        native.NativeModel("bf16", WIDE, **spec)
+        binding.NativeModel("bf16", WIDE, **spec)
 
 
 def _probe(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -549,14 +554,14 @@ def _probe(code: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "patch, reason",
     [
-        ("n.ABI_VERSION = 99", f"the library has ABI {native.ABI_VERSION}, this module expects 99"),
+        ("a.ABI_VERSION = 99", f"the library has ABI {abi.ABI_VERSION}, this module expects 99"),
         (
-            "class Short(n.ctypes.Structure):\n    _fields_ = n._Cache._fields_[:-1]\n"
-            "n._STRUCTS = n._STRUCTS[:3] + (Short,)",
+            "class Short(a.ctypes.Structure):\n    _fields_ = a.Cache._fields_[:-1]\n"
+            "a.STRUCTS = a.STRUCTS[:3] + (Short,)",
             "struct Short is 80 bytes in C, 72 in Python",
         ),
         (
-            "n._ISA_FLAGS = ('not_a_real_cpu_flag',) + n._ISA_FLAGS[1:]",
+            "a.ISA_FLAGS = ('not_a_real_cpu_flag',) + a.ISA_FLAGS[1:]",
             "not_a_real_cpu_flag, which this CPU lacks",
         ),
     ],
@@ -565,7 +570,8 @@ def _probe(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_a_mismatched_library_is_unavailable_with_a_reason(tmp_path, patch, reason):
     """Python and the library must agree on the ABI version, the structs' sizes and what the CPU can
     run; any mismatch makes the engine unavailable (never called), with the reason."""
-    code = f"import gpt2.native as n\n{patch}\nprint(n.available('fp32')); print(n.unavailable_reason())"
+    code = "import gpt2.engine.abi as a, gpt2.engine.build as n\n"
+    code += f"{patch}\nprint(n.available('fp32')); print(n.unavailable_reason())"
     done = _probe(code, GPT2_NATIVE_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "False" and reason in done.stdout, done.stdout
@@ -581,7 +587,11 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
         warnings.simplefilter("error")
         for p in PRECISIONS:
             model = prepare(copy.deepcopy(wide_model), p)
-            assert model.precision == p and model.engine is not None and model.engine.precision == p
+            assert (
+                model.runtime.precision == p
+                and model.runtime.engine is not None
+                and model.runtime.engine.precision == p
+            )
     code = (
         "import warnings, torch\n"
         "from gpt2 import GPT2, GPT2Config, prepare\n"
@@ -589,7 +599,7 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    m = prepare(m, 'int8')\n"
-        "    print(m.precision, m.engine, w[0].message)\n"
+        "    print(m.runtime.precision, m.runtime.engine, w[0].message)\n"
     )
     done = _probe(code, GPT2_NATIVE="0")
     assert done.returncode == 0, done.stderr
@@ -599,14 +609,16 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
 def test_disabled_engine_falls_back_to_torch_with_a_reason(tmp_path):
     code = (
         "import torch, pytest\n"
-        "from gpt2 import GPT2, GPT2Config, native, prepare\n"
+        "from gpt2 import GPT2, GPT2Config, prepare\n"
+        "from gpt2.engine import build\n"
         "m = GPT2(GPT2Config(n_ctx=32, n_embd=64, n_head=4, n_layer=1)).eval()\n"
-        "assert prepare(m).engine is None\n"
-        "assert 'GPT2_NATIVE=0' in native.unavailable_reason()\n"
+        "assert prepare(m).runtime.engine is None\n"
+        "assert 'GPT2_NATIVE=0' in build.unavailable_reason()\n"
         "with pytest.raises(RuntimeError, match='GPT2_NATIVE=0'):\n"
         "    prepare(m, engine=True)\n"
         "c = m.new_cache()\n"
-        "assert m.prefill(torch.tensor([[1, 2]]), c).shape == (1, 50257)\n"
+        "z = torch.zeros(2, dtype=torch.long)\n"
+        "assert m.step(torch.tensor([1, 2]), torch.arange(2), z, c, 1).shape == (1, 50257)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, GPT2_NATIVE="0", PYTHONPATH=str(ROOT))
@@ -618,7 +630,7 @@ def test_disabled_engine_falls_back_to_torch_with_a_reason(tmp_path):
 def test_build_is_cached_per_cpu_and_source(tmp_path):
     """A fresh cache folder gets one library; a second process reuses it instead of compiling again."""
     env = dict(os.environ, GPT2_NATIVE_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    code = "from gpt2 import native; assert native.available(); print(native._load()._name)"
+    code = "from gpt2.engine import build; assert build.available(); print(build.library()._name)"
 
     def run() -> subprocess.CompletedProcess:
         command = [sys.executable, "-c", code]
@@ -642,7 +654,7 @@ def test_a_folder_others_can_write_into_is_not_used(tmp_path):
     (loose / "gpt2-handbuilt").chmod(0o777)
     env = dict(os.environ, GPT2_NATIVE_CACHE=str(loose), TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT))
     (tmp_path / "tmp").mkdir()
-    code = "from gpt2 import native; native.available(); print(native._load()._name)"
+    code = "from gpt2.engine import build; build.available(); print(build.library()._name)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith(str(tmp_path / "tmp"))  # the private fallback, not `loose`

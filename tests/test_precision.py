@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import WIDE, random_model
 
-import gpt2.precision as packing
-from gpt2 import PRECISIONS, load_model, native, quantize, save_model
-from gpt2.engine import attach
-from gpt2.precision import Bf16Linear, Int8Linear, weight_bytes_per_token
+import gpt2.engine.precision as packing
+from gpt2 import PRECISIONS, load_model, quantize, save_model
+from gpt2.engine import attach, build, gemm
+from gpt2.engine.precision import Bf16Linear, Int8Linear, weight_bytes_per_token
 
 # max |logits − fp32 logits| / max |fp32 logits| on random 768-wide weights (see docs/engine.md).
 REL_TOL = {"fp32": 1e-5, "bf16": 1e-2, "int8": 3e-2}
@@ -25,8 +25,8 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 def packed(precision: str, engine: bool):
     m = quantize(random_model(WIDE, seed=1), precision)
     if engine:
-        if not native.available(precision):
-            pytest.skip(f"native {precision}: {native.unavailable_reason(precision)}")
+        if not build.available(precision):
+            pytest.skip(f"native {precision}: {build.unavailable_reason(precision)}")
         assert attach(m) is None
     return m
 
@@ -65,7 +65,7 @@ def test_wide_layers_are_widened_in_slices_with_the_same_bits(monkeypatch, cls):
     """Without the engine's GEMM, PyTorch's path widens a wide packed weight a slice of rows at a time
     (no head-sized fp32 copy per call): the result is what widening it whole gives (up to the matmul's
     summation order), with or without a bias."""
-    monkeypatch.setattr(native, "runs_linear", lambda precision, in_features: False)
+    monkeypatch.setattr(gemm, "runs_linear", lambda precision, in_features: False)
     torch.manual_seed(0)
     for bias in (torch.randn(95), None):
         lin = cls(torch.randn(95, 64), bias)
@@ -81,17 +81,17 @@ def test_long_prompts_run_packed_layers_through_the_engine_gemm(monkeypatch, pre
     """Where the engine runs a precision, PyTorch's path (a prompt longer than the engine takes) sends
     each packed layer to its GEMM instead of widening the weight in torch: same logits as the widening
     path, up to the order of the sums."""
-    if not native.available(precision):
-        pytest.skip(f"native {precision}: {native.unavailable_reason(precision)}")
+    if not build.available(precision):
+        pytest.skip(f"native {precision}: {build.unavailable_reason(precision)}")
     model = packed(precision, engine=False)
     idx = torch.randint(0, WIDE.n_vocab, (1, 64), generator=torch.Generator().manual_seed(3))
     calls = []
-    real = native.linear
-    monkeypatch.setattr(native, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    real = gemm.linear
+    monkeypatch.setattr(gemm, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
     with torch.no_grad():
         got = model(idx)
     assert len(calls) == 4 * WIDE.n_layer + 1 and calls[0] == (1, 64, WIDE.n_embd)
-    monkeypatch.setattr(native, "runs_linear", lambda precision, in_features: False)
+    monkeypatch.setattr(gemm, "runs_linear", lambda precision, in_features: False)
     with torch.no_grad():
         want = model(idx)
     assert len(calls) == 4 * WIDE.n_layer + 1 and rel_err(got, want) <= 1e-5
@@ -117,8 +117,8 @@ def test_load_model_in_each_precision(tmp_path, wide_model):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no engine for this precision here
             model = load_model(path, precision=precision)
-        assert model.precision == precision
-        assert (model.engine is not None) == native.available(precision)
+        assert model.runtime.precision == precision
+        assert (model.runtime.engine is not None) == build.available(precision)
         with torch.no_grad():
             assert rel_err(model(idx), want) <= REL_TOL[precision]
         if precision != "fp32":
@@ -135,12 +135,12 @@ def test_no_silent_fallback(tmp_path, wide_model, monkeypatch):
     that bf16/int8 on PyTorch's path are not the fast mode."""
     path = tmp_path / "gpt2-wide.safetensors"
     save_model(wide_model, path, name="wide")
-    monkeypatch.setattr(native, "unavailable_reason", lambda precision="fp32": "disabled for this test")
+    monkeypatch.setattr(build, "unavailable_reason", lambda precision="fp32": "disabled for this test")
     with pytest.raises(RuntimeError, match="disabled for this test"):
         load_model(path, precision="int8", engine=True)
     with pytest.warns(RuntimeWarning, match="int8.*PyTorch's path.*disabled for this test"):
         model = load_model(path, precision="int8")
-    assert model.engine is None
+    assert model.runtime.engine is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fp32 without the engine is simply the plain model: no warning
-        assert load_model(path).engine is None
+        assert load_model(path).runtime.engine is None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt2 import SamplingParams, generate, generate_steps
-from gpt2.sampling import make_generator, resolve_seed
+from gpt2.decoding.sampling import make_generator, resolve_seed
 
 
 def tokens(model, tokenizer, prompt="Hello there", **kw):

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY
 
 from gpt2 import Limits, Request, generate_steps
-from gpt2.scheduler import BatchScheduler, BusyError, generate_samples
+from gpt2.decoding.batch import BatchScheduler, BusyError, generate_samples
 
 WAIT = 30.0  # generous upper bound for anything that should happen "soon"; never a speed assertion
 

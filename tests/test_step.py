@@ -8,8 +8,8 @@ import torch
 from conftest import WIDE, random_model
 from reference import hf_from_ours, hf_logits
 
-from gpt2 import GPT2Config, generate_steps, native
-from gpt2.engine import attach
+from gpt2 import GPT2Config, generate_steps
+from gpt2.engine import attach, build
 
 TOL = 1e-4  # the same bar as tests/test_parity.py
 PATHS = ["torch", "engine"]
@@ -19,19 +19,19 @@ PATHS = ["torch", "engine"]
 def model(request):
     m = random_model(WIDE, seed=21)
     if request.param == "engine":
-        if not native.available("fp32"):
-            pytest.skip(f"native engine: {native.unavailable_reason('fp32')}")
-        assert attach(m) is None and m.engine is not None
+        if not build.available("fp32"):
+            pytest.skip(f"native engine: {build.unavailable_reason('fp32')}")
+        assert attach(m) is None and m.runtime.engine is not None
     return m
 
 
 def full_logits(model, seq):
-    engine, model.engine = model.engine, None
+    engine, model.runtime.engine = model.runtime.engine, None
     try:
         with torch.no_grad():
             return model(seq[None])[0]  # (T, V), the plain forward pass
     finally:
-        model.engine = engine
+        model.runtime.engine = engine
 
 
 def step(model, cache, tokens, positions, slots, logits_from=0):
@@ -78,7 +78,7 @@ def test_untied_head_on_both_paths():
     m = random_model(GPT2Config(n_ctx=64, n_embd=128, n_head=4, n_layer=2, tied_head=False), seed=5)
     seq = torch.randint(0, 50257, (12,))
     want = full_logits(m, seq)
-    for engine in (False, True) if native.available("fp32") else (False,):
+    for engine in (False, True) if build.available("fp32") else (False,):
         if engine:
             assert attach(m) is None
         got = step(m, m.new_cache(max_len=12), seq.tolist(), list(range(12)), [0] * 12)
@@ -107,12 +107,12 @@ def test_bad_step_arguments_are_refused_before_running(model, bad, message):
 
 
 def test_moving_the_model_detaches_the_engine(tokenizer):
-    if not native.available("fp32"):
-        pytest.skip(native.unavailable_reason("fp32"))
+    if not build.available("fp32"):
+        pytest.skip(build.unavailable_reason("fp32"))
     m = random_model(GPT2Config(n_ctx=64, n_embd=64, n_head=4, n_layer=2), seed=9)
     attach(m)
     before = [s.token for s in generate_steps(m, tokenizer, "Hello", max_new_tokens=5, temperature=0)]
     m.float()  # .to()/.float()/.cuda() may replace the tensors the engine points at
-    assert m.engine is None
+    assert m.runtime.engine is None
     after = [s.token for s in generate_steps(m, tokenizer, "Hello", max_new_tokens=5, temperature=0)]
     assert before == after

@@ -9,8 +9,8 @@ import pytest
 from app_server import MODEL_NAME, shared_weights_dir
 
 import app
-from gpt2.request import SERVING
-from gpt2.sampling import MAX_SEED
+from gpt2.decoding.request import SERVING
+from gpt2.decoding.sampling import MAX_SEED
 from gpt2.serving import DEFAULTS, ModelRegistry, Progress, make_request
 from ui import render, share
 from ui.content import SLIDERS

@@ -1,6 +1,6 @@
 """The page's words and controls: intro, example prompts, the sliders' labels, and the API's parameter
 notes (shown on Gradio's API page and in MCP tool descriptions). Ranges and defaults are not here: they
-come from `gpt2.request.SERVING` and `gpt2.serving.DEFAULTS`, the API's own."""
+come from `gpt2.decoding.request.SERVING` and `gpt2.serving.DEFAULTS`, the API's own."""
 
 INTRO = (
     "## GPT-2, hand-built\n"

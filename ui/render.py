@@ -7,7 +7,7 @@ import html
 import math
 from pathlib import Path
 
-from gpt2.inspect import PromptProbs, TokenProbs, continuation_summary
+from gpt2.decoding.probs import PromptProbs, TokenProbs, continuation_summary
 from gpt2.serving import Progress
 
 CSS = (Path(__file__).with_name("style.css")).read_text()

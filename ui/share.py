@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-from gpt2.request import INTEGER_ARGS, Request
+from gpt2.decoding.request import INTEGER_ARGS, Request
 from gpt2.serving import ModelRegistry, make_request, parse_stop_text
 
 # The API's parameters, in the API's order (/generate's, then /generate_samples' n).

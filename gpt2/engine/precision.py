@@ -3,7 +3,7 @@
 Batch-1 decoding reads every weight once per token, so fewer bytes per weight mean more tokens per second.
 `quantize(model, "bf16" | "int8")` replaces each block's four linear layers (and the head) with modules
 that store their weight in fewer bytes, in place, in the row-major `[out, in]` layout the native engine
-(`gpt2/csrc/decode.c`) reads directly, so one copy of the weights serves both the engine and PyTorch:
+(`gpt2/engine/csrc/decode.c`) reads directly, so one copy of the weights serves both the engine and PyTorch:
 
 - "fp32": `nn.Linear` as loaded (exact);
 - "bf16": bfloat16 weights (half the bytes; the activations stay fp32);
@@ -11,7 +11,7 @@ that store their weight in fewer bytes, in place, in the row-major `[out, in]` l
 
 The embeddings, LayerNorms, residual stream and KV cache stay fp32 in every mode. On PyTorch's path
 (prompts longer than the engine's step takes) these modules compute in fp32 with the weight widened
-exactly: through the engine's GEMM (`native.linear`), which widens the weight block by block as it packs
+exactly: through the engine's GEMM (`gemm.linear`), which widens the weight block by block as it packs
 it, or, where the engine is not built, by widening it in torch per call (slower: a 4-byte copy of every
 weight per call). Widening, not bf16 arithmetic, because only the weights should be rounded, and on CPUs
 without native bf16 it is also the faster way.
@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native
-from .model import GPT2
+from ..model import GPT2
+from . import gemm
 
 PRECISIONS = ("fp32", "bf16", "int8")
 BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
@@ -61,8 +61,8 @@ class PackedLinear(nn.Module):
         x = x.float()
         # The engine's GEMM has no backward: a caller that wants gradients keeps torch's ops.
         engine = x.device.type == "cpu" and not x.requires_grad
-        if engine and native.runs_linear(self.precision, self.in_features):
-            return native.linear(x, self.weight, self.scale, self.bias)
+        if engine and gemm.runs_linear(self.precision, self.in_features):
+            return gemm.linear(x, self.weight, self.scale, self.bias)
         if 4 * self.out_features * self.in_features <= WIDEN_BYTES:
             return F.linear(x, self.dequantized(), self.bias)
         step = max(1, WIDEN_BYTES // (4 * self.in_features))
@@ -119,14 +119,16 @@ def quantize(model: GPT2, precision: str) -> GPT2:
     load the file again for another precision.
     """
     check_precision(precision)
-    if precision == model.precision:
+    if precision == model.runtime.precision:
         return model
-    if model.precision != "fp32":
-        raise ValueError(f"this model is already stored as {model.precision}; load it again for {precision}")
+    if model.runtime.precision != "fp32":
+        raise ValueError(
+            f"this model is already stored as {model.runtime.precision}; load it again for {precision}"
+        )
     if not model.wte.weight.is_floating_point() or model.wte.weight.dtype != torch.float32:
         raise ValueError(f"bf16/int8 packing starts from an fp32 model, got {model.wte.weight.dtype}")
     packed = _PACKED[precision]
-    model.engine = None  # it points at the weights being replaced
+    model.runtime.engine = None  # it points at the weights being replaced
     with torch.no_grad():
         for block in model.h:
             for parent, name in (
@@ -138,7 +140,7 @@ def quantize(model: GPT2, precision: str) -> GPT2:
                 linear = getattr(parent, name)
                 setattr(parent, name, packed(linear.weight, linear.bias))
         model.lm_head = packed(model.head_weight, None)
-    model.precision = precision
+    model.runtime.precision = precision
     return model
 
 

@@ -22,11 +22,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import hugepages
-from .config import GPT2Config
-from .engine import attach, warn_without_engine
-from .model import GPT2
-from .precision import check_precision, quantize
+from ..config import GPT2Config
+from ..engine import check_precision, prepare
+from ..model import GPT2
 
 FORMAT = "gpt2-handbuilt"
 FORMAT_VERSION = "1"
@@ -54,8 +52,10 @@ def save_model(
     source: str = "",
 ) -> Path:
     """Write `model` to `path` atomically (a temporary file renamed into place only when complete)."""
-    if model.precision != "fp32":
-        raise ValueError(f"this model is packed as {model.precision} for serving; save the fp32 model")
+    if model.runtime.precision != "fp32":
+        raise ValueError(
+            f"this model is packed as {model.runtime.precision} for serving; save the fp32 model"
+        )
     path = Path(path)
     tensors = {}
     for key, value in model.state_dict().items():
@@ -119,8 +119,8 @@ def load_model(
 ) -> GPT2:
     """Load a weights file written by `save_model` (or the converter) into a ready, eval-mode GPT2.
 
-    `precision` ("fp32", "bf16", "int8") is how the linear layers are stored (`gpt2.precision`);
-    `engine` binds the native decode engine (`gpt2.engine`): None = where it runs, True = insist (an
+    `precision` ("fp32", "bf16", "int8") is how the linear layers are stored, and `engine` whether
+    the native decode engine is bound (`gpt2.engine.prepare`): None = where it runs, True = insist (an
     error says why not), False = PyTorch only. A bf16/int8 model without the engine warns once.
     """
     check_precision(precision)
@@ -153,22 +153,8 @@ def load_model(
     with torch.device("meta"):
         model = GPT2(config)
     model.load_state_dict(tensors, strict=True, assign=True)
-    model.name = meta.get("name") or path.stem  # type: ignore[assignment]
+    model.runtime.name = meta.get("name") or path.stem
     return prepare(model.eval().requires_grad_(False), precision, engine)
-
-
-def prepare(model: GPT2, precision: str = "fp32", engine: bool | None = None) -> GPT2:
-    """Make `model` ready to serve in `precision` (in place): pack its linear layers, put the weights in
-    huge pages where the OS has them (`gpt2.hugepages`), bind the engine."""
-    quantize(model, precision)
-    model.huge_page_bytes = hugepages.place(model)
-    if engine is False:
-        model.engine = None
-        return model
-    reason = attach(model, required=bool(engine))
-    if reason is not None:
-        warn_without_engine(model, reason)
-    return model
 
 
 def list_models(directory: str | os.PathLike[str]) -> dict[str, Path]:

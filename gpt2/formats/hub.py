@@ -2,10 +2,10 @@
 
 Two kinds of repository load:
 
-* one holding this project's converted `.safetensors` (the `gpt2-handbuilt` metadata of `gpt2.weights`),
+* one holding this project's converted `.safetensors` (the `gpt2-handbuilt` metadata, `gpt2.formats.weights`),
   e.g. `hf://me/my-gpt2` when it holds a single weights file, or `hf://me/my-gpt2/gpt2-355M.safetensors`;
 * a Hugging Face-format GPT-2 (`config.json` + `model.safetensors`), e.g. `hf://openai-community/gpt2`,
-  converted in memory with the same checks and mapping as `python -m convert --from-hf` (gpt2.hf_format).
+  converted in memory with the same checks and mapping as `python -m convert --from-hf` (gpt2.formats.hf).
   Only safetensors are fetched: never `pytorch_model.bin` (a pickle) nor TensorFlow files.
 
 Everything goes through `huggingface_hub` (installed with Gradio), so its cache, `HF_TOKEN`, `HF_ENDPOINT`
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError
-from .hf_format import model_from_hf, parse_config_json
-from .model import GPT2
+from ..model import GPT2
+from .checks import CheckpointError
+from .hf import model_from_hf, parse_config_json
 from .weights import FORMAT, load_model
 
 SCHEME = "hf://"
@@ -112,7 +112,7 @@ def load_hub_model(spec: str, *, device: str | torch.device = "cpu") -> GPT2:
         raise HubError(f"{spec}: {exc}") from None
     except CheckpointError as exc:  # a config or tensor our GPT2 cannot serve faithfully
         raise HubError(f"{spec}: {_one_line(str(exc))}") from None
-    model.name = model_name_of(s)  # type: ignore[assignment]
+    model.runtime.name = model_name_of(s)
     return model
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, build_model, check_source_tensors, heads_tied
-from .config import GPT2Config
-from .model import GPT2
+from ..config import GPT2Config
+from ..model import GPT2
+from .checks import CheckpointError, build_model, check_source_tensors, heads_tied
 
 # All three are the tanh approximation GPT-2 was trained with (gelu_fast is the same formula rearranged).
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .model import GPT2
-from .tokenizer import Tokenizer
+from ..model import GPT2
+from ..tokenizer import Tokenizer
 
 TOP_ALTERNATIVES = 5
 
@@ -139,7 +139,7 @@ def start_logprobs(model: GPT2, eot_token: int) -> torch.Tensor:
     """log P(first token | <|endoftext|>) `(V,)`: the same for every prompt, so computed once per model
     (and again if its weights or precision change)."""
     w = model.wte.weight
-    key = (w.data_ptr(), w._version, model.precision, eot_token)
+    key = (w.data_ptr(), w._version, model.runtime.precision, eot_token)
     cached = _START.get(model)
     if cached is None or cached[0] != key:
         logits = model(torch.tensor([[eot_token]], device=w.device))[0, 0]

@@ -26,7 +26,7 @@
  * gpt2_linear is the one other entry point: a single bf16/int8 layer over many rows (a blocked GEMM that
  * widens the weight while packing it), which PyTorch's path calls for long prompts.
  *
- * Built at run time by gpt2/native.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 + FMA
+ * Built at run time by gpt2/engine/build.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 + FMA
  * gives all three precisions; anything else builds only the entry points below, with gpt2_features()
  * reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
  * first, with messages): a refused call returns a negative GPT2_E_* code and touches nothing.
@@ -38,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/native.py
+/* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/engine/abi.py
  * holds the same number and will not call a library that reports another. */
 #define GPT2_ABI_VERSION 4
 
@@ -68,7 +68,7 @@ enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
 enum { FEAT_FP32 = 1, FEAT_BF16 = 2, FEAT_INT8 = 4 };
 #define GROUP 64 /* int8 mode: activation values per 16-bit scale group; every GPT-2 width is a multiple */
 
-/* Return codes of gpt2_forward (gpt2/native.py turns each into a message). */
+/* Return codes of gpt2_forward (gpt2/engine/abi.py turns each into a message). */
 enum {
     GPT2_OK = 0,
     GPT2_E_NULL = -1,      /* a required pointer is NULL */
@@ -122,7 +122,7 @@ int64_t gpt2_struct_size(int which) {
     }
 }
 
-/* The instruction-set extensions this build was compiled to use, one bit each (native.py names them and
+/* The instruction-set extensions this build was compiled to use, one bit each (abi.py names them and
  * checks the CPU has them all before calling anything else: a library built with GPT2_NATIVE_MARCH for
  * another CPU is refused with a reason instead of dying on an illegal instruction). */
 int64_t gpt2_required_isa(void) {
@@ -1115,7 +1115,7 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
 }
 
 /* Y[n, L->out] = X[n, L->in] W^T + bias for one bf16 or int8 layer (fp32 X and Y, row-major): PyTorch's
- * path calls this for its packed layers (gpt2/precision.py). From GEMM_MIN_ROWS rows on a blocked GEMM
+ * path calls this for its packed layers (gpt2/engine/precision.py). From GEMM_MIN_ROWS rows on a blocked GEMM
  * (weights widened exactly, fp32 sums); fewer rows go through the decode kernels. 0 or a GPT2_E_* code. */
 int gpt2_linear(const Linear *L, int64_t precision, const float *X, int64_t n, float *Y, int nthreads) {
     if (!L || !X || !Y || !L->w) return GPT2_E_NULL;

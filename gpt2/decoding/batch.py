@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import GPT2, KVCache
-from .native import single_threaded_torch
+from ..engine.threads import single_threaded_torch
+from ..model import GPT2, KVCache
+from ..tokenizer import Tokenizer
 from .request import LIBRARY, Limits, Request
 from .sampling import Kept, SamplingParams
 from .sequence import Sequence, Step, prompt_ids
-from .tokenizer import Tokenizer
 
 
 class BusyError(RuntimeError):

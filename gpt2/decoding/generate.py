@@ -12,10 +12,10 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from .model import GPT2
+from ..model import GPT2
+from ..tokenizer import Tokenizer
 from .request import Request
 from .sequence import Sequence, Step, TextStream, prompt_ids
-from .tokenizer import Tokenizer
 
 __all__ = ["Step", "TextStream", "generate", "generate_steps", "prompt_ids", "run_request"]
 

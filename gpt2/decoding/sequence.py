@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .inspect import score_positions
-from .native import single_threaded_torch
+from ..engine.threads import single_threaded_torch
+from ..tokenizer import Tokenizer
+from .probs import score_positions
 from .request import Request
 from .sampling import Kept, make_generator
-from .tokenizer import Tokenizer
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import GPT2Config
-from .model import GPT2
+from ..config import GPT2Config
+from ..model import GPT2
 from .weights import expected_shapes
 
 # The app serves every model with GPT-2's tokenizer, so a model must have exactly its vocabulary.
