@@ -1,6 +1,7 @@
 """The Gradio Space: GPT-2 streaming token by token, with a look inside the model, and a client API.
 
-    python app.py [--weights weights/ | hf://OWNER/REPO] [--precision fp32|bf16|int8] [--share] [--mcp]
+    python app.py [--weights weights/ | hf://OWNER/REPO] [--precision fp32|bf16|f16|int8|int4]
+                  [--share] [--mcp]
 
 Layout and wiring only: requests are checked, scheduled and streamed by `gpt2.serving`, and rendered by
 `ui.render`. Host and port come from Gradio's environment (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT).
@@ -252,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision",
         choices=PRECISIONS,
         default=os.environ.get("GPT2_PRECISION", "fp32"),
-        help="CPU weights: fp32 (exact), bf16 or int8 (fewer bytes per token, see README 'Speed')",
+        help="CPU weights: fp32 (exact), bf16, f16, int8 or int4 (fewer bytes per token, see README 'Speed')",
     )
     mcp_env = os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes")
     ap.add_argument("--mcp", action="store_true", default=mcp_env, help="also serve the API as MCP tools")

@@ -6,15 +6,18 @@ and says why the llama.cpp rows are missing (`unavailable_reason`).
 
 The GGUF holds exactly the tensors our model holds, under llama.cpp's "gpt2" architecture names, with
 GPT-2's byte-level BPE vocabulary and merges (llama.cpp refuses a gpt2 model without them). Three
-types, each racing one of our precisions: "f32" (exact), "f16" (2-D weights halved; vs our bf16) and
-"q8_0" (2-D weights in blocks of 32 int8 codes with one f16 scale; vs our per-row int8). 1-D tensors
-(LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter keeps them.
+types, each racing one of our precisions: "f32" (exact), "f16" (2-D weights halved; vs our bf16 and f16)
+and "q8_0" (2-D weights in blocks of 32 int8 codes with one f16 scale; vs our per-row int8). 1-D tensors
+(LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter keeps them. The 4-bit types
+("q4_0", "q4_K_M"; vs our int4) are made from such a file by llama.cpp's own quantizer
+(`quantize_gguf`), which also picks each tensor's type by its own rules.
 
 Tokens go in and come out as ids: llama.cpp's tokenizer is never used, so only the maths is compared.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -30,6 +33,8 @@ from gpt2.model import LN_EPS
 from gpt2.tokenizer import ENCODER_JSON, ENDOFTEXT, PACKAGED_BPE_DIR, VOCAB_BPE
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
+# llama.cpp's own quantizer's file types (llama_ftype), made from an f32 (or f16) GGUF by `quantize_gguf`.
+QUANT_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
 
 # Our state-dict names → llama.cpp's (src/llama-arch.cpp). Both keep Linear weights as [out, in] rows.
@@ -159,6 +164,43 @@ def write_gguf(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def quantize_gguf(
+    src: str | os.PathLike[str], path: str | os.PathLike[str], quant_type: str, threads: int = 2
+) -> Path:
+    """Quantize the GGUF at `src` (best an "f32" one from `write_gguf`) to `quant_type` ("q4_0" or
+    "q4_K_M") with llama.cpp's `llama_model_quantize`, its defaults otherwise, written atomically to
+    `path`. llama.cpp chooses each tensor's type itself: a q4_0 file keeps 1-D tensors f32 and gives
+    the output matrix (GPT-2's tied token embedding) Q6_K, or Q8_0 where its rows are no multiple of 256
+    wide; q4_K_M mixes Q4_K with Q5_K/Q6_K (and their fallbacks) by its own rules."""
+    import llama_cpp
+
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
+    params.nthread = threads
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {src} to {quant_type} (code {rc})")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def gguf_tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Each tensor's type in a GGUF, by name (what a quantizer chose)."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
 
 
 def gguf_weight_bytes_per_token(path: str | os.PathLike[str]) -> int:

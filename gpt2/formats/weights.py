@@ -119,13 +119,14 @@ def load_model(
 ) -> GPT2:
     """Load a weights file written by `save_model` (or the converter) into a ready, eval-mode GPT2.
 
-    `precision` ("fp32", "bf16", "int8") is how the linear layers are stored, and `engine` whether
-    the native decode engine is bound (`gpt2.engine.prepare`): None = where it runs, True = insist (an
-    error says why not), False = PyTorch only. A bf16/int8 model without the engine warns once.
+    `precision` (`gpt2.PRECISIONS`: "fp32", "bf16", "f16", "int8", "int4") is how the linear layers are
+    stored, and `engine` whether the native decode engine is bound (`gpt2.engine.prepare`): None = where
+    it runs, True = insist (an error says why not), False = PyTorch only. A packed model without the engine
+    warns once.
     """
     check_precision(precision)
     if precision != "fp32" and dtype != torch.float32:
-        raise ValueError("precision bf16/int8 packs an fp32 load; leave dtype as torch.float32")
+        raise ValueError(f"precision {precision} packs an fp32 load; leave dtype as torch.float32")
     path = Path(path)
     meta = read_metadata(path)
     config: GPT2Config = meta["config"]
