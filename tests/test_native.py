@@ -104,6 +104,20 @@ def with_engine(model: GPT2, precision: str = "fp32") -> GPT2:
     return prepare(copy.deepcopy(model), precision, engine=True)
 
 
+@pytest.fixture(scope="module")
+def wide_in(wide_model):
+    """`with_engine(wide_model, precision)`, packed once per precision for this module's tests (which only
+    read the model)."""
+    made: dict[str, GPT2] = {}
+
+    def get(precision: str = "fp32") -> GPT2:
+        if precision not in made:
+            made[precision] = with_engine(wide_model, precision)
+        return made[precision]
+
+    return get
+
+
 def run_sequence(runner, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Logits at positions prompt_len-1 .. len-2: one prefill, then one decode step per token."""
     cache = runner.new_cache(max_len=seq.shape[0])
@@ -172,11 +186,11 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_native_precisions_within_tolerance(wide_model, precision):
+def test_native_precisions_within_tolerance(wide_model, wide_in, precision):
     """Each precision within its tolerance of the fp32 model, and its error all from the weights: against
     the same rounded weights computed in fp32 it is ~100x closer (the activations stay precise)."""
     seq = torch.randint(0, WIDE.n_vocab, (60,), generator=torch.Generator().manual_seed(5))
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     assert runner.runtime.precision == precision and runner.runtime.engine is not None
     got = run_sequence(runner, seq, 10)
     with torch.no_grad():
@@ -190,12 +204,12 @@ def test_native_precisions_within_tolerance(wide_model, precision):
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision):
+def test_batched_rows_are_bit_identical_to_each_row_alone(wide_in, precision):
     """Rows at different positions in scattered slots: each row's logits equal, to the bit, what it gets
     decoded alone, whatever the batch holds and however many threads run (no cross-talk, no reordering)."""
     if not build.available(precision):
         pytest.skip(build.unavailable_reason(precision))
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     g = torch.Generator().manual_seed(8)
     lengths, slots = (7, 3, 12, 5, 9, 2), (5, 0, 2, 6, 1, 3)
     seqs = [torch.randint(0, WIDE.n_vocab, (n,), generator=g) for n in lengths]
@@ -222,10 +236,10 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
 
 
 @needs_native
-def test_engine_serves_callers_on_any_thread_at_once(wide_model):
+def test_engine_serves_callers_on_any_thread_at_once(wide_in):
     """The engine's threads are one pool for the process: callers on several threads at once (a server's
     workers, a scheduler) each get exactly what they get alone, and nobody waits forever."""
-    runner = with_engine(wide_model)
+    runner = wide_in()
     g = torch.Generator().manual_seed(3)
     seqs = [torch.randint(0, WIDE.n_vocab, (12,), generator=g) for _ in range(4)]
     want = [run_sequence(runner, seq, 5) for seq in seqs]
@@ -256,12 +270,12 @@ def _decode_in_child(runner, seq, conn) -> None:
 
 
 @needs_native
-def test_engine_runs_in_a_forked_child(wide_model):
+def test_engine_runs_in_a_forked_child(wide_in):
     """A forked child (multiprocessing's default on Linux) has none of its parent's engine threads: its
     first step starts its own instead of waiting for threads that are not there."""
     import multiprocessing as mp
 
-    runner = with_engine(wide_model)
+    runner = wide_in()
     seq = torch.randint(0, WIDE.n_vocab, (12,), generator=torch.Generator().manual_seed(4))
     want = run_sequence(runner, seq, 5)  # the parent's pool is started
     parent, child = mp.get_context("fork").Pipe()
@@ -337,11 +351,11 @@ def _bad_calls(n_vocab: int, k: torch.Tensor, v: torch.Tensor) -> list[tuple[str
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_native_refuses_bad_arguments_without_crashing(wide_model, precision):
+def test_native_refuses_bad_arguments_without_crashing(wide_in, precision):
     """Every malformed call is a ValueError that says what is wrong: the binding refuses what C cannot
     see (types, lengths, layouts) before calling it, C refuses out-of-range values before touching
     anything; the engine and the cache are untouched and decoding gives the same logits afterwards."""
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     cache = runner.new_cache(batch_size=2, max_len=8)
     prefill(runner, torch.tensor([[5, 6, 7]]), cache)
     before = runner.runtime.engine.native.forward(
@@ -563,9 +577,9 @@ WEIGHT_CHANGES = {
 
 @needs_native
 @pytest.mark.parametrize("change", list(WEIGHT_CHANGES))
-def test_native_model_checks_its_weights(wide_model, change):
+def test_native_model_checks_its_weights(wide_in, change):
     """NativeModel refuses weights that do not match the config, before any call can use them."""
-    spec = _spec_of(with_engine(wide_model, "bf16"))
+    spec = _spec_of(wide_in("bf16"))
     binding.NativeModel("bf16", WIDE, **spec)  # as the engine builds it: fine
     path, value, message = WEIGHT_CHANGES[change]
     spec["layers"] = [dict(d) for d in spec["layers"]]
@@ -611,10 +625,10 @@ INT4_CHANGES = {
 
 @needs_native
 @pytest.mark.parametrize("change", list(INT4_CHANGES))
-def test_native_model_refuses_bad_packed_storage(wide_model, change):
+def test_native_model_refuses_bad_packed_storage(wide_in, change):
     """Each linear layer is checked in its own precision: an int4 model's codes and scales (dtype, shape)
     and its int8 head, before C ever sees them."""
-    spec = native_spec(with_engine(wide_model, "int4"))
+    spec = native_spec(wide_in("int4"))
     assert spec["head_precision"] == "int8"
     binding.NativeModel("int4", WIDE, **spec)  # as the engine builds it: fine
     name, change_spec, message = INT4_CHANGES[change]
@@ -661,9 +675,12 @@ def test_a_mismatched_library_is_unavailable_with_a_reason(tmp_path, patch, reas
 
 @needs_native
 def test_narrow_precisions_are_used_not_replaced(wide_model):
-    """Where the engine runs bf16 and int8, asking for them gives them on the engine (no fp32 fallback, no
-    warning); with the engine off, bf16/int8 still run (on PyTorch's path) and say why they are not fast."""
+    """Where the engine runs every precision, asking for one gives it on the engine (no fp32 fallback, no
+    warning), and the log line says so (int4 with its int8 head); with the engine off, bf16/int8 still run
+    (on PyTorch's path) and say why they are not fast."""
     import warnings
+
+    from gpt2.engine import describe
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -674,6 +691,8 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
                 and model.runtime.engine is not None
                 and model.runtime.engine.precision == p
             )
+            shown = "int4 (head int8)" if p == "int4" else p
+            assert describe(model).startswith(f"native engine (gpt2/engine/csrc/decode.c), {shown}")
     code = (
         "import warnings, torch\n"
         "from gpt2 import GPT2, GPT2Config, prepare\n"

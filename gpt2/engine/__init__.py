@@ -58,10 +58,12 @@ def describe(model) -> str:
     """One line for logs: which path decodes this model, and why when it is not the engine."""
     rt = model.runtime
     pages = ", weights in 2 MB pages" if rt.huge_page_bytes else ""
+    head = head_precision(rt.precision)
+    precision = rt.precision if head == rt.precision else f"{rt.precision} (head {head})"
     if rt.engine is not None:
-        return f"native engine (gpt2/engine/csrc/decode.c), {rt.precision}{pages}"
+        return f"native engine (gpt2/engine/csrc/decode.c), {precision}{pages}"
     reason = unsupported_reason(model) or "not attached"
-    return f"PyTorch, {rt.precision}{pages} ({reason})"
+    return f"PyTorch, {precision}{pages} ({reason})"
 
 
 def prepare(model, precision: str = "fp32", engine: bool | None = None):

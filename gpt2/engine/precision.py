@@ -36,12 +36,14 @@ without native bf16 it is also the faster way.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT2
-from . import abi, gemm
+from . import abi, gemm, threads
 
 PRECISIONS = ("fp32", "bf16", "f16", "int8", "int4")
 # Bytes a block's weight takes per parameter (int4: half a byte of code and an f16 scale per 32; int8's
@@ -67,8 +69,11 @@ def check_precision(precision: object) -> str:
 def check_range(weight: torch.Tensor, precision: str, name: str = "a weight") -> None:
     """ValueError unless `precision` can hold every value of `weight` (`MAX_WEIGHT`; finite)."""
     limit = MAX_WEIGHT.get(precision)
-    largest = weight.detach().abs().max().item() if limit is not None and weight.numel() else 0.0
-    if limit is not None and not largest <= limit:  # NaN fails this too
+    if limit is None or not weight.numel():
+        return
+    lo, hi = weight.detach().aminmax()  # no |w| copy of the whole tensor
+    largest = max(-lo.item(), hi.item()) if not (lo.isnan() or hi.isnan()) else float("nan")
+    if not largest <= limit:  # NaN fails this too
         raise ValueError(
             f"{precision} holds weights up to +-{limit:g}; {name} has max |w| = {largest:g}: "
             "use bf16 (fp32's range) or fp32"
@@ -170,7 +175,10 @@ class Int8Linear(PackedLinear):
 # the scale's own f16 rounding. RMS error on Gaussian rows 0.0860 (q4_0) -> 0.0813; Student-t(3) rows
 # 0.1271 -> 0.1230; 13 or 24 targets gain 0.0003 more, 3 lose 0.0003.
 INT4_TARGETS = (-9.0, -8.5, -8.0, -7.5, -7.0)
-INT4_CHUNK = 1 << 20  # weights per step of the search: its temporaries stay in cache
+# Weights per step of the search (its temporaries stay in cache). Steps run side by side on torch's thread
+# count of threads, each with torch's ops on that thread alone: torch splitting these small ops over its
+# own threads made packing 2-4x slower than one thread (1558M's blocks: 100-200 s vs 40-50 s).
+INT4_CHUNK = 1 << 20
 
 
 def int4_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,14 +194,19 @@ def int4_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     codes = torch.empty(out, in_ // 2, dtype=torch.uint8)
     scales = torch.empty(out, in_ // G, dtype=torch.float16)
     step = max(1, INT4_CHUNK // in_)
-    for a in range(0, out, step):
-        g = w[a : a + step].reshape(-1, G)
-        d = _int4_scales(g).to(torch.float16)
-        df = d.float()[:, None]
-        c = torch.where(df != 0, g / df, 0.0).round_().clamp_(-8, 7).add_(8).to(torch.uint8)
-        c = c.view(-1, in_ // 64, 2, G)  # (row, block of 64, low/high half, 32)
-        codes[a : a + step] = (c[:, :, 0] | c[:, :, 1] << 4).view(-1, in_ // 2)
-        scales[a : a + step] = d.view(-1, in_ // G)
+
+    def pack(a: int) -> None:
+        with threads.single_threaded_torch():
+            g = w[a : a + step].reshape(-1, G)
+            d = _int4_scales(g).to(torch.float16)
+            df = d.float()[:, None]
+            c = torch.where(df != 0, g / df, 0.0).round_().clamp_(-8, 7).add_(8).to(torch.uint8)
+            c = c.view(-1, in_ // 64, 2, G)  # (row, block of 64, low/high half, 32)
+            codes[a : a + step] = (c[:, :, 0] | c[:, :, 1] << 4).view(-1, in_ // 2)
+            scales[a : a + step] = d.view(-1, in_ // G)
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        list(pool.map(pack, range(0, out, step)))  # list(): a step's exception is raised here
     return codes, scales
 
 

@@ -462,8 +462,9 @@ static inline __attribute__((always_inline)) void tile_int4(const uint8_t *W, co
     const int64_t nblocks = in / GROUP, row_bytes = in / 2, row_scales = in / GROUP4;
     const int16_t *Q = A->q + b0 * in;
     const vi low = vset1_i16(0x0F), high = vset1_i16(0xF0);
-    vf lohi = vzero(); /* 1 for even (low) groups, 1/16 for odd (high) ones: exact */
-    for (int j = 0; j < VL; j++) ((float *)&lohi)[j] = j % 2 ? 1.0f / 16 : 1.0f;
+    static const float LOHI[16] = {1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f,
+                                   1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f};
+    const vf lohi = vload(LOHI); /* even (low) groups' scales x 1, odd (high) ones' x 1/16: exact */
     float cs[4][4][INT4_CHUNK];
     vf a[4][4][2], offset[4][4];
     for (int i = 0; i < NO; i++)
