@@ -148,7 +148,7 @@ def hf_from_ours(model: GPT2):
     """transformers' GPT2LMHeadModel holding our weights: the same mapping the parity tests use
     (`tests/reference.py`), with transformers' default (fast) attention for a fair race."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from reference import hf_from_ours as reference_hf
+    from helpers.reference import hf_from_ours as reference_hf
 
     return reference_hf(model, attn_implementation="sdpa")
 

@@ -54,7 +54,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
         gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 
     computed by torch's fused kernel for that form (`approximate="tanh"`), one pass over x instead of the
-    seven the formula takes written out; tests/test_parity.py holds it to the formula above."""
+    seven the formula takes written out; tests/spec/test_model.py holds it to the formula above."""
     return F.gelu(x, approximate="tanh")
 
 
