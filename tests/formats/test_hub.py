@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.hub_server import FakeHub
+from helpers.hub_server import FakeHub, point_hub_at
 from helpers.models import ROOT, TINY, random_hf_model, random_model
 from transformers import GPT2LMHeadModel
 
@@ -60,18 +60,6 @@ def published(tmp_path_factory):
             "org/pickle-only", {"config.json": tiny["config.json"], "pytorch_model.bin": b"\x80\x04"}
         )
         yield hub, hf, ours
-
-
-def point_hub_at(monkeypatch, url: str, cache: Path, offline: bool = False) -> None:
-    """What HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE would have set, had they been set before import."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
 @pytest.fixture

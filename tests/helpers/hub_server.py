@@ -1,15 +1,26 @@
-"""Test helper for `gpt2/formats/hub.py`: a stand-in for the Hugging Face Hub on 127.0.0.1, in a thread.
+"""Test helper for `gpt2/formats/hub.py` and `convert/publish.py`: a stand-in for the Hugging Face Hub on
+127.0.0.1, in a thread.
 
 It answers exactly the requests huggingface_hub makes to load a model (found by reading its code and
 logging its requests): the file list `GET /api/models/{repo}/tree/{revision}` and, per file,
 `HEAD`/`GET /{repo}/resolve/{revision}/{path}` with the headers it insists on (`X-Repo-Commit`, `ETag`,
 `Content-Length`). Unknown repositories, revisions and files get the Hub's 404s with its `X-Error-Code`
 (RepoNotFound / RevisionNotFound / EntryNotFound), so huggingface_hub raises the same errors as for real.
+
+And the requests `create_repo`, `create_commit` and `delete_repo` make (huggingface_hub 2.4's
+`hf_api.py` and `_commit_api.py`): `POST /api/repos/create` (409 if the repository exists; a new one starts
+with a `.gitattributes`, as on the Hub), `POST /api/validate-yaml` (for a README.md), `POST
+/api/models/{repo}/preupload/{revision}` (answered "regular" for every file, so contents travel inline
+in the commit, base64, never through LFS), `POST /api/models/{repo}/commit/{revision}` (ndjson; applied
+whole, as the Hub does, then served for download like any repository) and `DELETE /api/repos/delete`.
+Those need an `Authorization: Bearer` header (else 401). `fail[step] = status` makes a step answer that
+HTTP status instead ("create", "preupload", "commit", "delete").
 Every request is recorded; anything else gets a 400 so an unexpected call fails loudly.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -29,6 +40,10 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}  # repo id → (commit sha, files)
         self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.fail: dict[str, int] = {}  # write step → HTTP status to answer instead
+        self.created: dict[str, dict] = {}  # repo id → the create_repo payload (visibility, ...)
+        self.commits: list[tuple[str, str]] = []  # (repo id, commit summary) of every applied commit
+        self.tokens: list[str] = []  # the bearer token of every write request
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -59,6 +74,29 @@ class FakeHub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _create(self, payload: dict) -> tuple[int, dict]:
+        repo_id = f"{payload.get('organization')}/{payload.get('name')}"
+        if repo_id in self.repos:
+            return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
+        self.add_repo(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+        self.created[repo_id] = payload
+        return 200, {"url": f"{self.url}/{repo_id}"}
+
+    def _commit(self, repo_id: str, body: bytes) -> tuple[int, dict]:
+        """Apply an ndjson commit whole (or not at all): only inline ("regular") files are accepted."""
+        if repo_id not in self.repos:
+            return 404, {"error": "RepoNotFound"}
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header, ops = lines[0], lines[1:]
+        if header.get("key") != "header" or any(op.get("key") != "file" for op in ops):
+            return 400, {"error": f"unexpected commit operations {[op.get('key') for op in lines]}"}
+        files = dict(self.repos[repo_id][1])
+        for op in ops:
+            files[op["value"]["path"]] = base64.b64decode(op["value"]["content"])
+        commit = self.add_repo(repo_id, files)
+        self.commits.append((repo_id, header["value"]["summary"]))
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{commit}", "commitOid": commit}
 
     def _lookup(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | str:
         """(commit, files), or the X-Error-Code to answer with."""
@@ -133,10 +171,74 @@ class FakeHub:
                     400, b"unexpected request", {"X-Error-Message": f"unexpected {self.command} {path}"}, head
                 )
 
+            def _write(self) -> None:
+                """The write API: one JSON answer per request, or the failure a test asked for."""
+                path = unquote(urlsplit(self.path).path)
+                hub.requests.append((self.command, path))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                routes = {
+                    ("POST", "/api/repos/create"): "create",
+                    ("POST", "/api/validate-yaml"): "validate-yaml",
+                    ("DELETE", "/api/repos/delete"): "delete",
+                }
+                step = routes.get((self.command, path))
+                api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/main", path)
+                if api and self.command == "POST":
+                    step = api.group(2)
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                if step is None:
+                    status, answer = 400, {"error": f"unexpected {self.command} {path}"}
+                elif step in hub.fail:
+                    status, answer = hub.fail[step], {"error": f"{step} failed (told to)"}
+                elif not token and step != "validate-yaml":
+                    status, answer = 401, {"error": "Invalid credentials in Authorization header"}
+                else:
+                    hub.tokens.append(token)
+                    status, answer = self._answer(step, api.group(1) if api else None, body)
+                headers = {"Content-Type": "application/json"}
+                if status >= 400:
+                    headers["X-Error-Message"] = answer["error"]
+                self._send(status, json.dumps(answer).encode(), headers)
+
+            def _answer(self, step: str, repo_id: str | None, body: bytes) -> tuple[int, dict]:
+                if step == "validate-yaml":
+                    return 200, {"errors": [], "warnings": []}
+                if step == "create":
+                    return hub._create(json.loads(body))
+                if step == "delete":
+                    payload = json.loads(body)
+                    gone = hub.repos.pop(f"{payload.get('organization')}/{payload.get('name')}", None)
+                    return (200, {}) if gone else (404, {"error": "RepoNotFound"})
+                if step == "preupload":
+                    files = json.loads(body)["files"]
+                    modes = [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    ]
+                    return 200, {"files": modes}
+                return hub._commit(repo_id, body)
+
             def do_GET(self) -> None:
                 self._serve(head=False)
+
+            def do_POST(self) -> None:
+                self._write()
+
+            def do_DELETE(self) -> None:
+                self._write()
 
             def do_HEAD(self) -> None:
                 self._serve(head=True)
 
         return Handler
+
+
+def point_hub_at(monkeypatch, url: str, cache, offline: bool = False) -> None:
+    """What HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE would have set, had they been set before import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
