@@ -164,7 +164,7 @@ class BatchScheduler:
         self.max_unread = max_unread
         self.n_ctx = model.config.n_ctx
         self.device = model.wte.weight.device
-        self._cache: KVCache | None = None  # allocated at the first request
+        self._cache: KVCache | None = None  # allocated at the first request, dropped when idle
         self._free: list[int] = list(range(max_batch))
         self._active: list[_Job] = []
         self._waiting: deque[_Job] = deque()
@@ -294,6 +294,8 @@ class BatchScheduler:
         if job in self._active:
             self._active.remove(job)
             self._free.extend(job.slots)
+        if not self._active:  # idle: give the cache's memory back (it grows again with the next texts)
+            self._cache = None
 
     def _guarded(self, jobs: list[_Job], fn: Callable[..., None], *args: object) -> None:
         """Run a model call; if it fails, fail only the requests it was for and keep serving."""

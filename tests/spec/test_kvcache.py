@@ -48,13 +48,20 @@ def test_one_query_sees_all_cached_keys(tiny_model):
     assert (step - only_first).abs().max().item() > 1e-3
 
 
-def test_cache_is_preallocated_and_bounded(tiny_model):
-    cache = tiny_model.new_cache()
-    k_ptr = cache.k.data_ptr()
+def test_cache_grows_with_the_text_and_is_bounded(tiny_model):
+    """The cache starts at one chunk, grows (keeping what it holds) only when a step writes further, and
+    refuses positions past max_len."""
+    cache = tiny_model.new_cache(batch_size=2)
+    assert cache.capacity == KVCache.CHUNK < TINY.n_ctx
+    seq = torch.randint(0, TINY.n_vocab, (1, TINY.n_ctx), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        prefill(tiny_model, torch.zeros(1, TINY.n_ctx - 1, dtype=torch.long), cache)
-        decode_one(tiny_model, torch.tensor([1]), cache, TINY.n_ctx - 1)
-        assert cache.k.data_ptr() == k_ptr
+        prefill(tiny_model, seq[:, :40], cache)
+        k_ptr, first40 = cache.k.data_ptr(), cache.k[:, 0, :, :40].clone()
+        decode_one(tiny_model, seq[0, 40:41], cache, 40)
+        assert cache.k.data_ptr() == k_ptr  # within capacity: no new buffers
+        logits = prefill(tiny_model, seq[:, 41:], cache, start=41)  # up to position n_ctx - 1
+        assert cache.capacity == TINY.n_ctx and torch.equal(cache.k[:, 0, :, :40], first40)
+        assert (logits - tiny_model(seq)[:, -1]).abs().max().item() <= 1e-5
         with pytest.raises(ValueError, match="do not fit"):
             decode_one(tiny_model, torch.tensor([1]), cache, TINY.n_ctx)
     with pytest.raises(ValueError):
