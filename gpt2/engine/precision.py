@@ -127,21 +127,33 @@ def quantize(model: GPT2, precision: str) -> GPT2:
         )
     if not model.wte.weight.is_floating_point() or model.wte.weight.dtype != torch.float32:
         raise ValueError(f"bf16/int8 packing starts from an fp32 model, got {model.wte.weight.dtype}")
-    packed = _PACKED[precision]
     model.runtime.engine = None  # it points at the weights being replaced
-    with torch.no_grad():
-        for block in model.h:
-            for parent, name in (
-                (block.attn, "c_attn"),
-                (block.attn, "c_proj"),
-                (block.mlp, "c_fc"),
-                (block.mlp, "c_proj"),
-            ):
-                linear = getattr(parent, name)
-                setattr(parent, name, packed(linear.weight, linear.bias))
-        model.lm_head = packed(model.head_weight, None)
-    model.runtime.precision = precision
+    for block in model.h:
+        pack_block(block, precision)
+    pack_head(model, precision)
     return model
+
+
+LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))  # in every block
+
+
+@torch.no_grad()
+def pack_block(block: nn.Module, precision: str) -> None:
+    """Store one block's four linear layers in `precision` (in place; a loader packs each block as soon
+    as its fp32 tensors are in, so the whole model never exists in fp32)."""
+    if precision == "fp32":
+        return
+    for parent, name in LINEARS:
+        linear = getattr(getattr(block, parent), name)
+        setattr(getattr(block, parent), name, _PACKED[precision](linear.weight, linear.bias))
+
+
+@torch.no_grad()
+def pack_head(model: GPT2, precision: str) -> None:
+    """The head in `precision` (a tied head gets its own packed copy of `wte`); records the precision."""
+    if precision != "fp32":
+        model.lm_head = _PACKED[precision](model.head_weight, None)
+    model.runtime.precision = precision
 
 
 def weight_bytes_per_token(model: GPT2) -> int:
