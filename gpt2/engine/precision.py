@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT2
-from . import gemm
+from . import gemm, memory
 
 PRECISIONS = ("fp32", "bf16", "int8")
 BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
@@ -137,6 +137,37 @@ def quantize(model: GPT2, precision: str) -> GPT2:
 LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))  # in every block
 
 
+# fp32 rows packed at once. Above glibc's largest mmap threshold (32 MB), so each temporary of packing
+# is a mapping of its own that goes straight back to the system when freed; in 8 MB slices the freed
+# temporaries piled up in the heap (+335 MB packing the 124M head to int8, against +40 MB this way).
+PACK_ROWS_BYTES = 64 << 20
+
+
+def packed(precision: str, weight: torch.Tensor, bias: torch.Tensor | None) -> PackedLinear:
+    """`weight` (and `bias`) as a `precision` layer, packed a slice of rows at a time: packing makes a few
+    weight-sized temporaries, and GPT-2 XL's head alone is 321 MB in fp32. Every buffer of a packed layer
+    is laid out by output row, so the slices' buffers concatenate into the whole layer's."""
+    cls = _PACKED[precision]
+    rows = max(1, PACK_ROWS_BYTES // (4 * weight.shape[1]))
+    if weight.shape[0] <= rows:
+        return cls(weight, bias)
+    parts = [
+        cls(weight[a : a + rows], None if bias is None else bias[a : a + rows])
+        for a in range(0, weight.shape[0], rows)
+    ]
+    whole = parts[0]
+    whole.out_features = weight.shape[0]
+    for name, buf in list(whole.named_buffers()):
+        pieces = [dict(p.named_buffers())[name] for p in parts]
+        if buf.device.type == "cpu":  # straight into the memory it will stay in
+            whole.register_buffer(
+                name, torch.cat(pieces, out=memory.empty((weight.shape[0], *buf.shape[1:]), buf.dtype))
+            )
+        else:
+            whole.register_buffer(name, torch.cat(pieces))
+    return whole
+
+
 @torch.no_grad()
 def pack_block(block: nn.Module, precision: str) -> None:
     """Store one block's four linear layers in `precision` (in place; a loader packs each block as soon
@@ -145,14 +176,14 @@ def pack_block(block: nn.Module, precision: str) -> None:
         return
     for parent, name in LINEARS:
         linear = getattr(getattr(block, parent), name)
-        setattr(getattr(block, parent), name, _PACKED[precision](linear.weight, linear.bias))
+        setattr(getattr(block, parent), name, packed(precision, linear.weight, linear.bias))
 
 
 @torch.no_grad()
 def pack_head(model: GPT2, precision: str) -> None:
     """The head in `precision` (a tied head gets its own packed copy of `wte`); records the precision."""
     if precision != "fp32":
-        model.lm_head = _PACKED[precision](model.head_weight, None)
+        model.lm_head = packed(precision, model.head_weight, None)
     model.runtime.precision = precision
 
 

@@ -18,9 +18,19 @@ from typing import Any
 import torch
 
 from ..config import GPT2Config
+from ..engine import memory
 from ..model import GPT2
 from ..tokenizer import EOT_ID
-from .checks import CheckpointError, build_model, check_source_tensors, heads_tied
+from .checks import (
+    CheckpointError,
+    build_model,
+    check_source_tensors,
+    check_vocabulary,
+    checked_tensor,
+    heads_tied,
+)
+from .stream import TensorFile
+from .weights import assemble
 
 # All three are the tanh approximation GPT-2 was trained with (gelu_fast is the same formula rearranged).
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -150,6 +160,28 @@ def config_to_hf(config: GPT2Config, dtype: str = "float32") -> dict[str, Any]:
         "use_cache": True,
         "torch_dtype": dtype,  # the key every transformers version reads (v5 writes "dtype" and reads both)
     }
+
+
+def load_hf_file(
+    cfg: dict[str, Any], file: TensorFile, *, config_source: str, source: str, precision: str = "fp32"
+) -> GPT2:
+    """A checked GPT2 from HF's parsed `config.json` and its `model.safetensors`, read one tensor at a
+    time and packed into `precision` block by block (`gpt2.formats.weights.assemble`): the same checks
+    and mapping as `model_from_hf`, without the whole state dict in memory."""
+    config = config_from_hf(cfg, config_source)
+    check_vocabulary(config, source)
+    names = {k.removeprefix(HF_PREFIX): k for k in file.entries if not k.endswith(_BUFFERS)}
+    shapes = {k: torch.empty(file.shape(v), device="meta") for k, v in names.items()}
+    check_source_tensors(shapes, hf_expected_shapes(config), source, optional=frozenset({HF_HEAD}))
+    head = file.read(names[HF_HEAD]) if HF_HEAD in names else None
+    tied = head is None or heads_tied(head, file.read(names["wte.weight"]))
+    config = GPT2Config(**{**config.to_hparams(), "tied_head": tied})
+
+    def read(key: str) -> torch.Tensor:
+        t = head if key == HF_HEAD else file.read(names[key], memory.empty)
+        return checked_tensor(key, t.t() if key.endswith(_CONV1D) else t, source)
+
+    return assemble(config, read, precision).eval().requires_grad_(False)
 
 
 def model_from_hf(

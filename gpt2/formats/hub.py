@@ -16,6 +16,7 @@ Every failure is one `HubError` whose message is a single line saying what to do
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,7 +25,8 @@ import torch
 
 from ..model import GPT2
 from .checks import CheckpointError
-from .hf import model_from_hf, parse_config_json
+from .hf import load_hf_file, parse_config_json
+from .stream import TensorFile
 from .weights import FORMAT, load_model
 
 SCHEME = "hf://"
@@ -103,11 +105,19 @@ def model_name(spec: str) -> str:
     return model_name_of(parse_spec(spec))
 
 
-def load_hub_model(spec: str, *, device: str | torch.device = "cpu") -> GPT2:
-    """Download (or take from the cache) the weights `spec` names and return a ready fp32 GPT2."""
+def load_hub_model(
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> GPT2:
+    """Download (or take from the cache) the weights `spec` names and return the model, its linear layers
+    packed into `precision` as the file is read (None: fp32, or a packed file's own). `progress(stage,
+    done, total)` hears about the download ("download", bytes) and the loading ("load", bytes)."""
     s = parse_spec(spec)
     try:
-        model = _load(s, device)
+        model = _load(s, device, precision, progress)
     except HubError as exc:
         raise HubError(f"{spec}: {exc}") from None
     except CheckpointError as exc:  # a config or tensor our GPT2 cannot serve faithfully
@@ -119,24 +129,27 @@ def load_hub_model(spec: str, *, device: str | torch.device = "cpu") -> GPT2:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _load(s: HubSpec, device: str | torch.device) -> GPT2:
+def _load(s: HubSpec, device, precision: str | None, progress) -> GPT2:
     if s.filename is not None:
         weights, config = s.filename, None
     else:
         weights, config = _choose_files(s, _list_files(s))
-    path = _download(s, weights)
-    meta = _safetensors_metadata(path, weights)
-    if meta.get("format") == FORMAT:  # this project's own format: hyper-parameters in the metadata
+    path = _download(s, weights, progress)
+    loading = None if progress is None else lambda done, total: progress("load", done, total)
+    try:
+        file = TensorFile(path, loading)
+    except ValueError as exc:
+        raise HubError(_corrupt(weights, exc)) from None
+    if file.metadata.get("format") == FORMAT:  # this project's own format: hyper-parameters in the metadata
         try:
-            return load_model(path, device=device)
+            return load_model(path, device=device, precision=precision, progress=loading)
         except ValueError as exc:
             raise HubError(f"{weights}: {_one_line(str(exc))}") from None
     # Otherwise a Hugging Face-format GPT-2: its config.json sits beside the weights.
     config = config or str(PurePosixPath(weights).parent / "config.json")
     cfg = parse_config_json(_download(s, config).read_bytes(), f"{s.repo_id}/{config}")
-    state = _read_safetensors(path, weights)
-    model = model_from_hf(cfg, state, config_source=f"{s.repo_id}/{config}", source=f"{s.repo_id}/{weights}")
-    return model.to(device)
+    where = dict(config_source=f"{s.repo_id}/{config}", source=f"{s.repo_id}/{weights}")
+    return load_hf_file(cfg, file, precision=precision or "fp32", **where).to(device)
 
 
 def _choose_files(s: HubSpec, files: list[str]) -> tuple[str, str | None]:
@@ -209,34 +222,32 @@ def _cached_files(s: HubSpec) -> list[str] | None:
     return None
 
 
-def _download(s: HubSpec, filename: str) -> Path:
-    """One file through huggingface_hub's cache (which also serves it offline once downloaded)."""
+def _download(s: HubSpec, filename: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """One file through huggingface_hub's cache (which also serves it offline once downloaded); its
+    progress bar (size, rate, time left) on the terminal as always, and to `progress` as it goes."""
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(s.repo_id, filename, revision=s.revision))
+        return Path(
+            hf_hub_download(s.repo_id, filename, revision=s.revision, tqdm_class=_reporting(progress))
+        )
     except Exception as exc:  # whatever stopped huggingface_hub is a failed download: say which
         raise HubError(_explain(exc, s, filename)) from None
 
 
-def _safetensors_metadata(path: Path, name: str) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
+def _reporting(progress: Callable[[str, int, int], None] | None):
+    """huggingface_hub's own progress bar, also reporting each update to `progress` (None: the bar alone)."""
+    if progress is None:
+        return None
+    from tqdm.auto import tqdm
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HubError(_corrupt(name, exc)) from None
+    class Reporting(tqdm):
+        def update(self, n=1):  # type: ignore[no-untyped-def]
+            shown = super().update(n)
+            progress("download", int(self.n), int(self.total or 0))
+            return shown
 
-
-def _read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HubError(_corrupt(name, exc)) from None
+    return Reporting
 
 
 def _corrupt(name: str, exc: BaseException) -> str:

@@ -25,6 +25,7 @@ DTYPES = {
     "U8": torch.uint8,
 }
 Progress = Callable[[int, int], None]  # (bytes read so far, bytes of all tensors)
+Allocate = Callable[[tuple, torch.dtype], torch.Tensor]  # (shape, dtype) -> uninitialised tensor
 
 
 class TensorFile:
@@ -61,10 +62,10 @@ class TensorFile:
     def dtype(self, name: str) -> torch.dtype:
         return self.entries[name][0]
 
-    def read(self, name: str) -> torch.Tensor:
-        """Tensor `name`, read from disk into memory of its own."""
+    def read(self, name: str, into: Allocate | None = None) -> torch.Tensor:
+        """Tensor `name`, read from disk into memory of its own (`into(shape, dtype)` allocates it)."""
         dtype, shape, start, end = self.entries[name]
-        out = torch.empty(shape, dtype=dtype)
+        out = torch.empty(shape, dtype=dtype) if into is None else into(shape, dtype)
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy()) if out.numel() else memoryview(b"")
         with open(self.path, "rb") as f:
             f.seek(self._data + start)

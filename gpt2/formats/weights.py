@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import GPT2Config
-from ..engine import check_precision, prepare
+from ..engine import check_precision, memory, prepare
 from ..engine.precision import pack_block, pack_head, quantize
 from ..model import GPT2
 from .stream import Progress, TensorFile
@@ -160,7 +160,9 @@ def load_model(
     config: GPT2Config = meta["config"]
     _check_tensors(file, _skeleton(config, stored), path)
     if stored == "fp32":
-        model = assemble(config, lambda key: file.read(key).to(device=device, dtype=dtype), precision)
+        model = assemble(
+            config, lambda key: file.read(key, memory.empty).to(device=device, dtype=dtype), precision
+        )
     else:
         model = _skeleton(config, stored)
         model.load_state_dict({key: file.read(key) for key in file.entries}, strict=True, assign=True)
@@ -212,10 +214,19 @@ def assemble(config: GPT2Config, read: Callable[[str], torch.Tensor], precision:
     for i, block in enumerate(model.h):
         fill(block, f"h.{i}.")
         pack_block(block, precision)
+        _settle(block)
     if model.lm_head is not None:
         fill(model.lm_head, "lm_head.")
     pack_head(model, precision)
+    _settle(model)
     return model
+
+
+def _settle(module: torch.nn.Module) -> None:
+    """Put what was just packed where it will stay (huge pages) and hand what packing freed back to the
+    system now, not at the end: the peak while loading stays near the size of the loaded model."""
+    memory.place(module)
+    memory.release_free_memory()
 
 
 def list_models(directory: str | os.PathLike[str]) -> dict[str, Path]:
