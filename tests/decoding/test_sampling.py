@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from gpt2 import SamplingParams, generate, generate_steps
-from gpt2.decoding.sampling import make_generator, resolve_seed
+from gpt2 import SamplingParams, generate, generate_steps, resolve_seed
+from gpt2.decoding.sampling import make_generator
 
 
 def tokens(model, tokenizer, prompt="Hello there", **kw):
