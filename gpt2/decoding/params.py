@@ -213,6 +213,11 @@ PARAMS: tuple[Param, ...] = (  # in the API's order; a new parameter goes last (
           library=(1, 4),
           doc="how many samples, decoded side by side; sample i uses seed + i",
           control=Slider("Samples", 1, "decoded side by side; sample i uses seed + i - 1")),
+    Param("min_p", float, default=0.0, api=0.0, check=check_number,
+          library=(0.0, 1.0),
+          doc="drop tokens less likely than min_p × the most likely token; 0 turns it off (0.05, llama.cpp's "
+              "default, is a common choice)",
+          control=Slider("Min-p", 0.01, "0 = off; 0.05 is a common choice")),
 )
 # fmt: on
 BY_NAME = {p.name: p for p in PARAMS}

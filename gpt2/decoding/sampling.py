@@ -1,12 +1,14 @@
-"""Turning logits into the next token: repetition penalty, temperature, top-k, top-p, seeded draws.
+"""Turning logits into the next token: repetition penalty, temperature, top-k, top-p, min-p, seeded draws.
 
-Order (as in OpenAI's and Hugging Face's samplers): penalty → temperature → top-k → top-p → draw.
+Order (as in OpenAI's and Hugging Face's samplers, min-p last): penalty → temperature → top-k → top-p →
+min-p → draw.
 Randomness only ever comes from a per-request `torch.Generator`, never torch's global RNG, so two
 concurrent requests with the same seed each get exactly the text they would get alone.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -23,7 +25,7 @@ class Kept:
     distribution actually sampled from, without a vocabulary-sized tensor. `processed()` spells it out
     over the whole vocabulary (-inf elsewhere) for whoever inspects it."""
 
-    values: torch.Tensor  # (n,) logits after penalty / temperature / top-k / top-p
+    values: torch.Tensor  # (n,) logits after penalty / temperature / top-k / top-p / min-p
     ids: torch.Tensor  # (n,) ascending token ids
     n_vocab: int
 
@@ -41,6 +43,7 @@ class SamplingParams:
     top_k: int = BY_NAME["top_k"].default  # 0 = off
     top_p: float = BY_NAME["top_p"].default  # 1.0 = off
     repetition_penalty: float = BY_NAME["repetition_penalty"].default  # 1.0 = off
+    min_p: float = BY_NAME["min_p"].default  # 0 = off
 
     def __post_init__(self) -> None:
         for f in fields(self):  # checked and normalised (40.0 → 40); frozen: through object.__setattr__
@@ -69,6 +72,8 @@ class SamplingParams:
         x = x / self.temperature
         if self.top_p < 1.0:
             x = _top_p(x, self.top_p)
+        if self.min_p > 0.0:
+            x = x.masked_fill(x < self._min_p_floor(x.max(dim=-1, keepdim=True).values), float("-inf"))
         return x
 
     def shortlist(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> list[Kept | None]:
@@ -78,7 +83,8 @@ class SamplingParams:
 
         Greedy keeps the argmax. With top-k, the k largest penalised logits are the kept set unless a
         logit outside them ties the k-th (then that row gets None, and `process` is the way); top-p then
-        keeps the prefix of those k, in descending order, that first reaches p. Every row's result is
+        keeps the prefix of those k, in descending order, that first reaches p, and min-p the prefix within
+        log(min_p) of the first. Every row's result is
         computed from that row alone (the batched `topk` selects exactly), so a row gets the same tokens
         whatever else is in the batch. None for every row when top-k is off (top-p alone: `process`).
         """
@@ -103,9 +109,18 @@ class SamplingParams:
                 keep[0] = True
                 n = int(keep.sum())
                 row_values, row_idx = row_values[:n], row_idx[:n]
+            if self.min_p > 0.0:  # (descending: the kept tokens are a prefix)
+                n = int((row_values >= self._min_p_floor(row_values[0])).sum())
+                row_values, row_idx = row_values[:n], row_idx[:n]
             ids, order = row_idx.sort()
             out.append(Kept(row_values[order], ids, V))
         return out
+
+    def _min_p_floor(self, top: torch.Tensor) -> torch.Tensor:
+        """Min-p keeps the tokens with probability >= min_p × the largest, that is logits >= the largest
+        + log(min_p): compared in logits, so both paths compare the very same numbers (a softmax over the
+        vocabulary and one over the shortlist would round differently)."""
+        return top + math.log(self.min_p)
 
     def draw(self, kept: Kept, generator: torch.Generator | None) -> int:
         """One token from a row's `Kept` set (the same draw `choose` makes from its candidates)."""

@@ -19,5 +19,6 @@ EXAMPLES = {
     "stop": "THE END",
     "model": "fixture",  # helpers.app_server.MODEL_NAME
     "n": 3,
+    "min_p": 0.7,  # (the fixture models are nearly uniform: a small min_p keeps every top-40 token)
 }
 SAMPLING = tuple(f.name for f in fields(SamplingParams))  # the parameters that say how a token is drawn
