@@ -19,6 +19,7 @@ from typing import Any
 
 from ..decoding.batch import BatchScheduler
 from ..decoding.generate import run_request
+from ..decoding.params import API_DEFAULTS, SERVING, Limits, takes
 from ..decoding.probs import (
     PromptProbs,
     TokenProbs,
@@ -27,52 +28,24 @@ from ..decoding.probs import (
     first_token_score,
     token_probs,
 )
-from ..decoding.request import SERVING, Limits, Request
+from ..decoding.request import Request
 from ..decoding.sequence import Step, prompt_ids
 from ..model import GPT2
 from .registry import ModelRegistry
 
 YIELD_INTERVAL = 1 / 15  # seconds between updates: smooth to read, cheap to send
 MAX_UPDATES_PER_SECOND = 30  # all streams together (see Server.update_interval)
-# The API's defaults, which the UI's controls start from too.
-DEFAULTS: dict[str, float] = {
-    "max_new_tokens": 100,
-    "temperature": 1.0,
-    "top_k": 40,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "n": 1,
-}
+DEFAULTS = API_DEFAULTS  # the API's defaults, which the page's controls start from too
 
 
+@takes(api=True)
 def make_request(
-    registry: ModelRegistry,
-    prompt: object,
-    max_new_tokens: object = DEFAULTS["max_new_tokens"],
-    temperature: object = DEFAULTS["temperature"],
-    top_k: object = DEFAULTS["top_k"],
-    top_p: object = DEFAULTS["top_p"],
-    repetition_penalty: object = DEFAULTS["repetition_penalty"],
-    seed: object = None,
-    stop: object = None,
-    model: object = None,
-    n: object = 1,
-    limits: Limits = SERVING,
+    registry: ModelRegistry, *, limits: Limits = SERVING, **options: object
 ) -> tuple[Request, str]:
-    """Check everything a client sent (the API's parameters, in the API's order); the model's name."""
-    request = Request.create(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        stop=stop,
-        n=n,
-        limits=limits,
-    )
-    return request, registry.check_name(model)
+    """Check everything a client sent (the declared parameters, in the API's order, with the API's
+    defaults) against `limits`; the request and the model's name."""
+    model = options.pop("model")
+    return Request.create(**options, limits=limits), registry.check_name(model)
 
 
 def parse_stop_text(text: str | None) -> list[str]:

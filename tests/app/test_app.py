@@ -10,15 +10,16 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import requests
 import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from helpers.app_server import MODEL_NAME, serve, shared_weights_dir
+from helpers.app_server import MODEL_NAME, rest_call, serve, shared_weights_dir
 
 import app
 import ui
 from gpt2 import generate, generate_steps
+from gpt2.decoding.params import REQUEST, SERVER
+from gpt2.decoding.params import params as declared
 from gpt2.decoding.probs import prompt_probs, token_probs
 from gpt2.serving import ModelRegistry, make_request, parse_stop_text
 from ui import render
@@ -45,10 +46,10 @@ def server(tmp_path_factory, bpe_dir):
     registry = ModelRegistry.from_path(shared_weights_dir(tmp_path_factory, bpe_dir))
     recorder = StepRecorder(registry.get(MODEL_NAME))
     # An update per token (yield_interval 0), so the stream is observable with a fast model.
-    demo = app.build_demo(registry, yield_interval=0.0)
-    with serve(demo) as url:
+    built = app.build_app(registry, yield_interval=0.0)
+    with serve(built.blocks) as url:
         yield SimpleNamespace(
-            url=url, demo=demo, registry=registry, recorder=recorder, client=Client(url, verbose=False)
+            url=url, app=built, registry=registry, recorder=recorder, client=Client(url, verbose=False)
         )
 
 
@@ -86,17 +87,7 @@ def test_defaults_and_named_parameters(server):
     assert set(info) == {"/generate", "/generate_with_probs", "/generate_samples"}  # UI events are private
     params = info["/generate"]["parameters"]
     names = [p["parameter_name"] for p in params]
-    assert names == [
-        "prompt",
-        "max_new_tokens",
-        "temperature",
-        "top_k",
-        "top_p",
-        "repetition_penalty",
-        "seed",
-        "stop",
-        "model",
-    ]
+    assert names == [p.name for p in declared(REQUEST, SERVER)]  # /generate: every one but n
     assert not params[0]["parameter_has_default"] and all(p["parameter_has_default"] for p in params[1:])
     # Only the prompt given: the documented defaults (top_k 40, 100 tokens) and a random seed.
     out = server.client.predict("Hello", max_new_tokens=3, seed=5, api_name="/generate")
@@ -176,35 +167,18 @@ def test_awkward_prompts_give_sensible_results(server, prompt):
         assert out["stats"]["prompt_tokens"] > 1
 
 
-def _call_http(url: str, body: str) -> list[tuple[str, object]]:
-    """Gradio's plain HTTP API, as curl uses it: POST the inputs, then read the event stream."""
-    r = requests.post(
-        f"{url}gradio_api/call/generate", data=body, headers={"Content-Type": "application/json"}
-    )
-    r.raise_for_status()
-    event_id = r.json()["event_id"]
-    events, name = [], None
-    with requests.get(f"{url}gradio_api/call/generate/{event_id}", stream=True, timeout=60) as stream:
-        for line in stream.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line.split(":", 1)[1])))
-    return events
-
-
 def test_plain_http_streaming_and_nan(server):
     body = json.dumps({"data": [PROMPT, 12, 1.0, 40, 1.0, 1.0, 11, None, MODEL_NAME]})
-    events = _call_http(server.url, body)
+    events = rest_call(server.url, body)
     generating = [d[0] for e, d in events if e == "generating"]
     complete = [d[0] for e, d in events if e == "complete"]
     assert len(set(generating)) >= 3
     assert complete == [library_text(server, max_new_tokens=12, top_k=40, seed=11)]
     # NaN is not JSON, but Python's parser (and so Gradio's) accepts the literal: it must still be refused.
     nan_body = f'{{"data": ["{PROMPT}", 5, NaN, 40, 1.0, 1.0, null, null, "{MODEL_NAME}"]}}'
-    events = _call_http(server.url, nan_body)
+    events = rest_call(server.url, nan_body)
     assert events[-1][0] == "error" and "temperature must be a finite number" in events[-1][1]["error"]
-    assert _call_http(server.url, body)[-1][0] == "complete"
+    assert rest_call(server.url, body)[-1][0] == "complete"
 
 
 def test_cancel_stops_token_production_within_a_second(server, model_calls):
@@ -245,26 +219,26 @@ def test_grad_mode_is_off_in_every_step(server, model_calls):
 def test_events_that_run_the_model_share_one_bounded_queue(server):
     model_fns = [
         f
-        for f in server.demo.fns.values()
+        for f in server.app.blocks.fns.values()
         if f.name in ("generate", "generate_with_probs", "generate_samples", "ui_generate")
     ]
     assert len(model_fns) == 4
     assert {f.concurrency_id for f in model_fns} == {app.CONCURRENCY_ID}
     assert len({f.concurrency_limit for f in model_fns}) == 1
-    assert server.demo._queue.max_size == 32
+    assert server.app.blocks._queue.max_size == 32
     # ui.quiet_queue: the pinned Gradio has the settings it changes, and they took effect.
-    assert server.demo._queue.sleep_when_free == ui.QUEUE_POLL_S
-    assert server.demo._queue.progress_update_sleep_when_free == ui.PROGRESS_POLL_S
-    assert server.demo._queue.ANAYLTICS_CACHE_FREQUENCY == ui.ANALYTICS_EVERY
+    assert server.app.blocks._queue.sleep_when_free == ui.QUEUE_POLL_S
+    assert server.app.blocks._queue.progress_update_sleep_when_free == ui.PROGRESS_POLL_S
+    assert server.app.blocks._queue.ANAYLTICS_CACHE_FREQUENCY == ui.ANALYTICS_EVERY
 
 
 def test_stream_generation_batches_updates(server):
     request, name = make_request(server.registry, PROMPT, max_new_tokens=20, temperature=0, seed=1)
     want = library_text(server, max_new_tokens=20, temperature=0)
-    every = [p.text for p in server.demo.serving.stream(request, name)]
+    every = [p.text for p in server.app.server.stream(request, name)]
     assert len(every) == 21 and every[-1] == want  # one update per token, then the final one
     # A huge interval: the first token (for time to first token) and the final, complete text only.
-    sparse_server = app.Server(server.registry, max_batch=server.demo.serving.max_batch, interval=1e9)
+    sparse_server = app.Server(server.registry, max_batch=server.app.server.max_batch, interval=1e9)
     try:
         sparse = list(sparse_server.stream(request, name))
     finally:
@@ -295,7 +269,7 @@ def test_rendering_is_escaped_and_coloured():
 
 def test_stopping_a_stream_frees_its_scheduler_slot(server):
     """A shared scheduler frees a request's slot when its stream is closed: stopping must close it."""
-    served = server.demo.serving
+    served = server.app.server
     request, name = make_request(server.registry, PROMPT, max_new_tokens=500, seed=1)
     stream = served.stream(request, name)
     assert next(stream).n_new == 1 and next(stream).n_new == 2

@@ -117,7 +117,7 @@ def test_browser_streams_colours_tokens_and_stops(url):
             expect(tokens.nth(1).locator(".tip")).to_be_visible(timeout=STATE_TIMEOUT_MS)
             page.screenshot(path=str(ARTIFACTS / "browser-streaming.png"))
 
-            page.click("#stop")
+            page.click("#stop-button")
             # Updates came ~15 times a second before Stop: wait until they stop (an update already on
             # its way may still land), then a negative check, which needs a window of time to watch.
             after_stop = wait_for_quiet_output(page, quiet_ms=1000)

@@ -20,6 +20,8 @@ from gradio_client import Client
 from helpers.app_server import MODEL_NAME, serve, shared_weights_dir
 
 import app
+from gpt2.decoding.params import REQUEST, SAMPLES, SAMPLES_DEFAULT, SERVER
+from gpt2.decoding.params import params as declared
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = ROOT / "clients" / "js"
@@ -31,8 +33,7 @@ ARGS = dict(max_new_tokens=16, temperature=0.9, top_k=40, top_p=0.95, repetition
 def server(tmp_path_factory, bpe_dir):
     registry = app.ModelRegistry.from_path(shared_weights_dir(tmp_path_factory, bpe_dir))
     # An update per token (yield_interval 0), so streaming is observable with a fast model.
-    demo = app.build_demo(registry, yield_interval=0.0)
-    with serve(demo, mcp_server=True) as url:
+    with serve(app.build_demo(registry, yield_interval=0.0), mcp_server=True) as url:
         yield SimpleNamespace(url=url, client=Client(url, verbose=False))
 
 
@@ -116,11 +117,19 @@ def test_mcp_lists_and_calls_generate(server):
     tools, result, refused = mcp(server, list_tools, generate, bad)
     by_name = {t.name: t for t in tools}
     assert {"generate", "generate_with_probs"} <= set(by_name), sorted(by_name)
-    props = by_name["generate"].inputSchema["properties"]
-    assert {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "model"} <= set(
-        props
-    )
-    assert by_name["generate"].inputSchema.get("required") == ["prompt"]
+    for tool in ("generate", "generate_with_probs", "generate_samples"):  # every parameter, with its default
+        schema = by_name[tool].inputSchema
+        taken = [p for p in declared() if p.scope != SAMPLES or tool == "generate_samples"]
+        assert list(schema["properties"]) == [p.name for p in taken], tool
+        assert schema.get("required") == ["prompt"]
+        for p in taken[1:]:
+            prop = schema["properties"][p.name]
+            assert prop["description"].startswith(p.doc)
+            if p.number:
+                assert prop["type"] == {int: "integer", float: "number"}[p.type]
+            default = SAMPLES_DEFAULT if p.scope == SAMPLES else p.api
+            if default:  # (Gradio's MCP schema leaves out a default of 0: the description says what 0 does)
+                assert prop["default"] == default
     assert not result.isError
     texts = [c.text for c in result.content if c.type == "text"]
     assert texts == [python_text(server, **ARGS)] and texts[0]
@@ -187,6 +196,6 @@ def test_readme_curl_example(server):
     generating = [d[0] for e, d in events if e == "generating"]
     complete = [d[0] for e, d in events if e == "complete"]
     assert len(set(generating)) >= 3  # streamed
-    names = ["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop", "model"]
-    want = python_text(server, data[0], **dict(zip(names, data[1:])))
+    names = [p.name for p in declared(REQUEST, SERVER)]
+    want = python_text(server, **dict(zip(names, data)))
     assert complete == [want] and want

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from urllib.parse import urlencode, urlsplit
 
+import gradio as gr
 import pytest
 from helpers.app_server import MODEL_NAME, shared_weights_dir
 
 import app
-from gpt2.decoding.request import SERVING
-from gpt2.decoding.sampling import MAX_SEED
+from gpt2.decoding.params import MAX_SEED, PARAMS, SERVING, Slider
 from gpt2.serving import DEFAULTS, ModelRegistry, Progress, make_request
 from ui import render, share
-from ui.content import SLIDERS
 from ui.live import LiveView
 
 
@@ -122,17 +121,21 @@ def test_links_round_trip(registry):
 
 
 def test_controls_use_the_apis_ranges_and_defaults(registry):
-    demo = app.build_demo(registry)
+    built = app.build_app(registry)
     try:
-        sliders = {
-            b.elem_id: b for b in demo.blocks.values() if b.elem_id in dict.fromkeys(n for n, *_ in SLIDERS)
-        }
-        assert set(sliders) == {n for n, *_ in SLIDERS} and "n" in sliders
+        inputs = built.page.inputs
+        assert list(inputs) == list(share.FIELDS)  # a control for every parameter, by name
+        assert all(inputs[name].elem_id == name for name in inputs)
+        assert {b.elem_id for b in built.blocks.blocks.values()} >= set(inputs)  # all on the page
+        sliders = {p.name: inputs[p.name] for p in PARAMS if isinstance(p.control, Slider)}
+        assert {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "n"} <= set(sliders)
         for name, slider in sliders.items():
+            assert isinstance(slider, gr.Slider)
             assert (slider.minimum, slider.maximum) == SERVING.bounds(name)
             assert slider.value == DEFAULTS[name]
+        assert inputs["prompt"].max_length == SERVING.max_prompt_chars
     finally:
-        demo.serving.close()
+        built.server.close()
 
 
 def progress(registry, texts: list[str], done: bool) -> Progress:

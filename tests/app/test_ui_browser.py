@@ -13,9 +13,11 @@ from urllib.parse import urlencode
 import pytest
 from gradio_client import Client
 from helpers.app_server import serve, shared_weights_dir
+from helpers.params import EXAMPLES
 from test_browser import ARTIFACTS, CHROMIUM, launch_browser
 
 import app
+from gpt2.decoding.params import PARAMS, Slider
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PROMPT = "Every effort moves you"
@@ -31,18 +33,18 @@ def served(tmp_path_factory, bpe_dir):
     from playwright.sync_api import sync_playwright
 
     registry = app.ModelRegistry.from_path(shared_weights_dir(tmp_path_factory, bpe_dir))
-    demo = app.build_demo(registry)  # as served: ~15 updates a second
+    built = app.build_app(registry)  # as served: ~15 updates a second
     ARTIFACTS.mkdir(exist_ok=True)
-    with serve(demo) as url, sync_playwright() as pw:
+    with serve(built.blocks) as url, sync_playwright() as pw:
         browser = launch_browser(pw)
         try:
-            yield SimpleNamespace(url=url, demo=demo, browser=browser, client=Client(url, verbose=False))
+            yield SimpleNamespace(url=url, app=built, browser=browser, client=Client(url, verbose=False))
         finally:
             browser.close()
 
 
 def api_text(served, prompt: str = PROMPT, **args) -> str:
-    return served.client.predict(prompt, **args, api_name="/generate")
+    return served.client.predict(prompt=prompt, **args, api_name="/generate")
 
 
 def same_text(a: str) -> str:
@@ -168,6 +170,23 @@ def test_share_link_reproduces_the_text_and_copy_link_round_trips(served):
     )
 
 
+def test_a_link_with_every_parameter_sets_every_control_and_gives_the_apis_text(served):
+    """Each declared parameter, set by a share link, reaches its control and, through Generate, the text."""
+    values = {**EXAMPLES, "n": 1}  # one sample: the text box
+    page = open_page(served, DESKTOP, values)
+    for p in PARAMS:
+        if isinstance(p.control, Slider):
+            page.wait_for_function(
+                "([sel, v]) => Number(document.querySelector(sel)?.value) === v",
+                arg=[f"#{p.name} input[type=number]", values[p.name]],
+                timeout=WAIT_MS,
+            )
+    page.click("#generate")
+    wait_finished(page)
+    sent = {k: v for k, v in values.items() if k != "n"}
+    assert output_text(page) == same_text(values["prompt"] + api_text(served, **sent))
+
+
 RECORD_GROWTH = """() => {
     // Every length each sample's column shows, as the page changes (the test cannot poll fast enough).
     window.sampleLengths = [];
@@ -249,11 +268,11 @@ def test_four_samples_stream_side_by_side_and_stop_together(served):
         " === 4 && [...document.querySelectorAll('#samples .text')].every(t => t.textContent.length > 0)",
         timeout=WAIT_MS,
     )
-    page.click("#stop")
+    page.click("#stop-button")
     page.wait_for_function(
         "document.querySelector('#status')?.innerText.includes('stopped')", timeout=WAIT_MS
     )
-    scheduler = served.demo.serving.scheduler(served.demo.registry.default)
+    scheduler = served.app.server.scheduler(served.app.registry.default)
     deadline = time.monotonic() + 30
     while not scheduler.idle:
         assert time.monotonic() < deadline, "the samples kept decoding after Stop"

@@ -219,7 +219,7 @@ def test_full_scheduler_says_busy_then_recovers(tiny_model, tokenizer):
 
 
 def test_bad_requests_fail_before_queueing(tiny_model, tokenizer):
-    limits = Limits(max_new_tokens=(1, 100), max_prompt_chars=5000)
+    limits = Limits(max_new_tokens=(1, 100), prompt=(0, 5000))
     scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=2, limits=limits)
     try:
         with pytest.raises(ValueError, match="max_new_tokens"):

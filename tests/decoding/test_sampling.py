@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from gpt2 import SamplingParams, generate, generate_steps
-from gpt2.decoding.sampling import make_generator, resolve_seed
+from gpt2 import SamplingParams, generate, generate_steps, resolve_seed
+from gpt2.decoding.sampling import make_generator
 
 
 def tokens(model, tokenizer, prompt="Hello there", **kw):
@@ -27,7 +27,7 @@ def test_temperature_zero_and_top_k_one_are_greedy(tiny_model, tokenizer):
             assert s.token == int(s.logits.argmax())
 
 
-def _kept_set(logits: torch.Tensor, temperature: float, k: int, p: float) -> set[int]:
+def _kept_set(logits: torch.Tensor, temperature: float, k: int, p: float, min_p: float = 0.0) -> set[int]:
     """The allowed tokens, computed independently with plain Python over sorted probabilities."""
     scaled = (logits / temperature).tolist()
     order = sorted(range(len(scaled)), key=lambda i: -scaled[i])
@@ -42,15 +42,23 @@ def _kept_set(logits: torch.Tensor, temperature: float, k: int, p: float) -> set
         acc += w / total
         if acc >= p:
             break
-    return set(kept)
+    # min-p: of those, the tokens at least min_p times as likely as the most likely one (renormalising
+    # over the kept tokens changes no ratio).
+    return {i for i in kept if math.exp(scaled[i] - m) >= min_p}
 
 
-@pytest.mark.parametrize("temperature,k,p", [(1.0, 5, 1.0), (0.7, 0, 0.5), (1.3, 40, 0.9), (1.0, 0, 0.05)])
-def test_draws_stay_inside_top_k_top_p(temperature, k, p):
+@pytest.mark.parametrize(
+    "temperature,k,p,min_p",
+    [(1.0, 5, 1.0, 0), (0.7, 0, 0.5, 0), (1.3, 40, 0.9, 0), (1.0, 0, 0.05, 0)]
+    + [(1.0, 0, 1.0, 0.05), (0.8, 40, 1.0, 0.1), (1.3, 40, 0.9, 0.2), (1.0, 0, 0.95, 0.5)],
+)
+def test_draws_stay_inside_top_k_top_p_min_p(temperature, k, p, min_p):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 500, generator=g) * 3
-    params = SamplingParams(temperature, k, p)
-    allowed = _kept_set(logits[0], temperature, k, p)
+    params = SamplingParams(temperature, k, p, min_p=min_p)
+    allowed = _kept_set(logits[0], temperature, k, p, min_p)
+    if min_p:
+        assert 1 < len(allowed) < len(_kept_set(logits[0], temperature, k, p))  # it cut, and kept several
     processed = params.process(logits)
     assert set(torch.isfinite(processed[0]).nonzero().flatten().tolist()) == allowed
     gen = make_generator(1)
@@ -75,6 +83,21 @@ def test_full_vocab_nucleus_equals_definition(scale, p):
     for _ in range(50):
         picks = params.choose(processed, gen)
         assert all(bool(torch.isfinite(processed[r, int(t)])) for r, t in enumerate(picks))
+
+
+def test_min_p_keeps_tokens_at_least_min_p_times_the_top_probability():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.1, 0.049, 0.151]]))  # 1, 0.4, 0.2, 0.098, 0.302 of the top
+    for min_p, kept in [(0.0, 5), (0.09, 5), (0.1, 4), (0.25, 3), (0.35, 2), (0.45, 1), (1.0, 1)]:
+        processed = SamplingParams(temperature=1.0, min_p=min_p).process(logits)
+        assert int(torch.isfinite(processed).sum()) == kept, min_p
+
+
+def test_min_p_one_is_greedy_and_llama_cpps_default_samples(tiny_model, tokenizer):
+    greedy = tokens(tiny_model, tokenizer, max_new_tokens=20, temperature=0)
+    assert tokens(tiny_model, tokenizer, max_new_tokens=20, temperature=1.5, min_p=1.0, seed=3) == greedy
+    common = dict(max_new_tokens=20, temperature=1.0, min_p=0.05)
+    assert tokens(tiny_model, tokenizer, **common, seed=3) == tokens(tiny_model, tokenizer, **common, seed=3)
+    assert tokens(tiny_model, tokenizer, **common, seed=3) != tokens(tiny_model, tokenizer, **common, seed=4)
 
 
 def test_repetition_penalty_matches_ctrl_rule():
@@ -122,6 +145,9 @@ def test_concurrent_requests_with_same_seed_match_solo(tiny_model, tokenizer):
         (dict(top_p=0), "top_p"),
         (dict(top_p=1.5), "top_p"),
         (dict(repetition_penalty=0.5), "repetition_penalty"),
+        (dict(min_p=-0.1), "min_p must be between 0 and 1"),
+        (dict(min_p=1.5), "min_p must be between 0 and 1"),
+        (dict(min_p="0.1"), "min_p must be a number"),
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(max_new_tokens=10**9), "max_new_tokens"),
         (dict(max_new_tokens=True), "max_new_tokens"),
@@ -149,8 +175,13 @@ def test_resolve_seed():
         dict(temperature=1.0, top_k=5, top_p=0.5),
         dict(temperature=0.0),
         dict(temperature=0.0, repetition_penalty=2.0),
+        dict(temperature=1.0, top_k=200, min_p=0.05),
+        dict(temperature=0.9, top_k=40, top_p=0.95, min_p=0.2),
+        dict(temperature=1.2, top_k=40, repetition_penalty=1.3, min_p=0.5),
+        dict(temperature=0.0, min_p=0.3),
     ],
-    ids=["top-k", "top-k+penalty", "top-k+top-p", "narrow-top-p", "greedy", "greedy+penalty"],
+    ids=["top-k", "top-k+penalty", "top-k+top-p", "narrow-top-p", "greedy", "greedy+penalty"]
+    + ["top-k+min-p", "top-k+top-p+min-p", "top-k+penalty+min-p", "greedy+min-p"],
 )
 def test_shortlist_is_the_processed_distribution_and_draws_alike(settings):
     """`shortlist` keeps exactly the tokens and processed logits of `process`, row by row, batched or
@@ -179,3 +210,4 @@ def test_shortlist_leaves_ties_and_top_p_alone_to_the_full_path():
     tied = SamplingParams(temperature=1.0, top_k=k).shortlist(logits)
     assert tied[0] is not None and tied[0].ids.numel() == k and tied[1] is None
     assert SamplingParams(temperature=1.0, top_p=0.9).shortlist(logits) == [None, None]
+    assert SamplingParams(temperature=1.0, min_p=0.1).shortlist(logits) == [None, None]  # min-p alone too

@@ -3,11 +3,14 @@ in-process on 127.0.0.1 (so tests can also look at the server's model, e.g. coun
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
+
+import requests
 
 os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -54,3 +57,22 @@ def shared_weights_dir(tmp_path_factory, bpe_dir: Path) -> Path:
     if not (directory / f"gpt2-{MODEL_NAME}.safetensors").is_file():
         make_weights_dir(directory, bpe_dir)
     return directory
+
+
+def rest_call(url: str, data: list | str, api_name: str = "generate") -> list[tuple[str, object]]:
+    """Gradio's plain HTTP API, as curl uses it: POST the inputs (`data`: a list, or the body as JSON
+    text), then read the event stream; its (event, data) pairs."""
+    body = data if isinstance(data, str) else json.dumps({"data": data})
+    r = requests.post(
+        f"{url}gradio_api/call/{api_name}", data=body, headers={"Content-Type": "application/json"}
+    )
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    events, name = [], None
+    with requests.get(f"{url}gradio_api/call/{api_name}/{event_id}", stream=True, timeout=60) as stream:
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    return events
