@@ -81,6 +81,9 @@ class Param:
     serving: Bounds | None = None
     scope: str = REQUEST
     positive: bool = False  # must also be above 0 (top_p 0 would keep no token)
+    # A value other than the API's default that changes the text: tests send every parameter through
+    # every door with it (None for the model, whose names are the server's).
+    example: object = None
 
     @property
     def number(self) -> bool:
@@ -173,47 +176,47 @@ def check_stop(p: Param, value: object, limits: Limits) -> tuple[str, ...]:
 
 # fmt: off
 PARAMS: tuple[Param, ...] = (  # in the API's order; a new parameter goes last (older clients send fewer)
-    Param("prompt", str, default=REQUIRED, api=REQUIRED, check=check_prompt,
+    Param("prompt", str, default=REQUIRED, api=REQUIRED, check=check_prompt, example="The lighthouse",
           library=(0, 1_000_000), serving=(0, 20_000),  # ~5k tokens; GPT-2 sees at most the last 1024
           doc="text to continue; empty starts from <|endoftext|>",
           control=Textbox("Prompt", lines=3)),
-    Param("max_new_tokens", int, default=50, api=100, check=check_number,
+    Param("max_new_tokens", int, default=50, api=100, check=check_number, example=12,
           library=(1, 8192), serving=(1, 1024),
           doc="tokens to generate",
           control=Slider("Max new tokens", 1)),
-    Param("temperature", float, default=1.0, api=1.0, check=check_number,
+    Param("temperature", float, default=1.0, api=1.0, check=check_number, example=0.3,
           library=(0.0, 10.0), serving=(0.0, 2.0),
           doc="how random the draw is; 0 is greedy: always the most likely token",
           control=Slider("Temperature", 0.05, "0 = greedy")),
-    Param("top_k", int, default=0, api=40, check=check_number,
+    Param("top_k", int, default=0, api=40, check=check_number, example=12,
           library=(0, 50257), serving=(0, 200),
           doc="keep only the k most likely tokens; 0 turns it off",
           control=Slider("Top-k", 1, "0 = off")),
-    Param("top_p", float, default=1.0, api=1.0, check=check_number, positive=True,
+    Param("top_p", float, default=1.0, api=1.0, check=check_number, positive=True, example=0.8,
           library=(0.0, 1.0), serving=(0.05, 1.0),
           doc="nucleus: keep the most likely tokens until their probabilities reach p; 1 turns it off",
           control=Slider("Top-p", 0.05, "1 = off")),
-    Param("repetition_penalty", float, default=1.0, api=1.0, check=check_number,
+    Param("repetition_penalty", float, default=1.0, api=1.0, check=check_number, example=1.5,
           library=(1.0, 10.0), serving=(1.0, 2.0),
           doc="discourages tokens already in the text; 1 turns it off",
           control=Slider("Repetition penalty", 0.05, "1 = off")),
-    Param("seed", int | str | None, default=None, api=None, check=check_seed,
+    Param("seed", int | str | None, default=None, api=None, check=check_seed, example=21,
           library=(0, MAX_SEED),
           doc="a whole number for reproducible text; empty or null picks one at random (the seed used is "
               "reported)",
           control=Textbox("Seed", "empty = random")),
-    Param("stop", list[str] | str | None, default=None, api=None, check=check_stop,
+    Param("stop", list[str] | str | None, default=None, api=None, check=check_stop, example="THE END",
           doc=f"a stop string or a list of them (at most {MAX_STOP_STRINGS}, each at most {MAX_STOP_LENGTH} "
               "characters); the text ends before the first one (not included)",
           control=Textbox("Stop strings", r"comma-separated, e.g. \n\n, THE END", comma_list=True)),
     Param("model", str, default=None, api=None, scope=SERVER,
           doc="one of the server's models (see the model selector); the first by default",
           control=Dropdown("Model", "loaded on first use")),
-    Param("n", int, default=1, api=1, check=check_number, scope=SAMPLES,
+    Param("n", int, default=1, api=1, check=check_number, scope=SAMPLES, example=3,
           library=(1, 4),
           doc="how many samples, decoded side by side; sample i uses seed + i",
           control=Slider("Samples", 1, "decoded side by side; sample i uses seed + i - 1")),
-    Param("min_p", float, default=0.0, api=0.0, check=check_number,
+    Param("min_p", float, default=0.0, api=0.0, check=check_number, example=0.7,
           library=(0.0, 1.0),
           doc="drop tokens less likely than min_p × the most likely token; 0 turns it off (0.05, llama.cpp's "
               "default, is a common choice)",

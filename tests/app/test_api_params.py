@@ -1,7 +1,7 @@
 """Every declared request parameter (`gpt2.decoding.params`) through every door of the running app: the
 three endpoints, the UI's Generate handler, MCP, share links, an older REST client that sends fewer
 inputs, the API page and README's table. Nothing here names a parameter: each test runs over the
-declarations, with the example values of tests/helpers/params.py."""
+declarations, with the example value each declaration carries."""
 
 from __future__ import annotations
 
