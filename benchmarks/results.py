@@ -162,7 +162,7 @@ def render_sizes(record: dict) -> str:
                 f"{r['tok_s']:.1f}",
                 f"{r['peak_rss_mb']:.0f}",
                 f"{streams['tok_s']:.1f}",
-                f"{streams['peak_rss_mb']:.0f}",
+                "–" if streams["peak_rss_mb"] is None else f"{streams['peak_rss_mb']:.0f}",  # no reset here
             ]
         )
     s = record["settings"]
