@@ -5,16 +5,19 @@ writes the file, `llama-cpp-python` builds and binds llama.cpp. Without them the
 and says why the llama.cpp rows are missing (`unavailable_reason`).
 
 The GGUF holds exactly the tensors our model holds, under llama.cpp's "gpt2" architecture names, with
-GPT-2's byte-level BPE vocabulary and merges (llama.cpp refuses a gpt2 model without them). Three
-types, each racing one of our precisions: "f32" (exact), "f16" (2-D weights halved; vs our bf16) and
-"q8_0" (2-D weights in blocks of 32 int8 codes with one f16 scale; vs our per-row int8). 1-D tensors
-(LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter keeps them.
+GPT-2's byte-level BPE vocabulary and merges (llama.cpp refuses a gpt2 model without them). Written
+here: "f32" (exact), "f16" (2-D weights halved) and "q8_0" (2-D weights in blocks of 32 int8 codes with
+one f16 scale); 1-D tensors (LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter
+keeps them. "q4_0" and "q4_K_M", which `gguf` cannot write, come from the f32 file through llama.cpp's
+own quantizer (`quantize_gguf`). Which type races which of our precisions: `benchmarks.common.PAIRS`.
 
 Tokens go in and come out as ids: llama.cpp's tokenizer is never used, so only the maths is compared.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -227,3 +230,61 @@ def system_info() -> str:
     import llama_cpp
 
     return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
+# What llama.cpp's quantizer makes from an f32 GGUF (its `llama-quantize` tool's type names).
+QUANTIZED_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """C code's stderr (file descriptor 2) into `path` while the block runs."""
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quantize_gguf(src: Path, dst: Path, kind: str) -> Path:
+    """`src` (an f32 GGUF from `write_gguf`) quantized to `kind` ("q4_0" or "q4_K_M") by llama.cpp's own
+    quantizer (`llama_model_quantize`, as its `llama-quantize` tool runs it), written to `dst` atomically.
+    Its per-tensor log is kept out of the way and shown only if it fails."""
+    import llama_cpp
+
+    if kind not in QUANTIZED_TYPES:
+        raise ValueError(f"kind must be one of {', '.join(QUANTIZED_TYPES)}, got {kind!r}")
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ValueError(f"{src} does not exist")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTIZED_TYPES[kind])
+    params.nthread = os.cpu_count() or 1
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+    os.close(fd)
+    log = Path(tmp + ".log")
+    try:
+        with _stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+        if status != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"llama.cpp could not quantize {src} to {kind}: " + " / ".join(tail))
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+    return dst
+
+
+def gguf_for(model: GPT2, directory: Path, gguf_type: str, bpe_dir: str | os.PathLike[str]) -> Path:
+    """`directory/model-TYPE.gguf` holding `model`'s weights, written if it is not there yet (the
+    quantized types from the f32 file, written first where needed)."""
+    path = Path(directory) / f"model-{gguf_type}.gguf"
+    if path.is_file():
+        return path
+    if gguf_type in QUANTIZED_TYPES:
+        return quantize_gguf(gguf_for(model, directory, "f32", bpe_dir), path, gguf_type)
+    return write_gguf(model, path, gguf_type, bpe_dir)

@@ -11,7 +11,7 @@ import requests
 from helpers.app_server import make_weights_dir, serve
 
 from app import build_demo
-from benchmarks.loadtest import attach_references, make_jobs, run_clients, summarize
+from benchmarks.load import attach_references, make_jobs, run_clients, summarize
 from gpt2.serving import ModelRegistry, Server
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,8 @@ def test_flood_is_served_or_told_busy_at_once_then_serves_normally(tmp_path, bpe
     serves normally, through the Python client too."""
     from gradio_client import Client
 
-    from benchmarks.loadtest import flood, http_generate
+    from benchmarks.common import call_api
+    from benchmarks.load import flood, generate_inputs
 
     registry = ModelRegistry.from_path(make_weights_dir(tmp_path / "weights", bpe_dir))
     server = Server(registry, max_batch=2, max_queue=0)
@@ -148,7 +149,7 @@ def test_flood_is_served_or_told_busy_at_once_then_serves_normally(tmp_path, bpe
             assert summary["served"] >= 2 and summary["busy"] >= 1, summary
             assert summary["served"] + summary["busy"] == 24
             assert "Queue is full" in summary["busy_message"]
-            assert http_generate(url, ["After", 4, 1.0, 40, 1.0, 1.0, 1, None, None], 120)[0] == "ok"
+            assert call_api(url, "generate", generate_inputs("After", 4, 1), 120).outcome == "ok"
             client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
             assert client.predict("After", max_new_tokens=4, seed=1, api_name="/generate")
     finally:
