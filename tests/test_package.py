@@ -20,6 +20,8 @@ def test_installed_package_generates_outside_the_checkout(tmp_path):
     # The checkout's tracked files, copied: setuptools builds in the source tree, which must stay clean.
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     for name in tracked.stdout.splitlines():
+        if not (ROOT / name).is_file():  # deleted in the working tree, not yet in git
+            continue
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target"]
