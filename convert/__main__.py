@@ -156,12 +156,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.private and not args.push:
         raise ConvertError("--private applies to --push only")
     if args.precision != "fp32":
-        from gpt2.engine import check_precision
+        from gpt2 import PRECISIONS
 
-        try:
-            check_precision(args.precision)
-        except ValueError as exc:
-            raise ConvertError(f"--precision: {exc}") from None
+        if args.precision not in PRECISIONS:
+            raise ConvertError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
         if args.dtype != "float32":
             raise ConvertError(
                 "--dtype applies to fp32 files; a packed file stores its precision's own types"

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..config import GPT2Config
+from ..engine import prepare
 from ..model import GPT2
 from .checks import CheckpointError
 from .hf import HF_HEAD, config_from_hf, load_hf_file, parse_config_json
@@ -174,8 +175,9 @@ def load_fetched(
         else:
             repo = parse_spec(spec).repo_id
             where = dict(config_source=f"{repo}/{fetched.config_file}", source=f"{repo}/{fetched.filename}")
-            model = load_hf_file(fetched.hf_config, fetched.file, precision=precision or "fp32", **where)
-            model = model.to(device)
+            precision = precision or "fp32"
+            model = load_hf_file(fetched.hf_config, fetched.file, precision=precision, **where)
+            model = prepare(model.to(device), precision)  # in place, as load_model does: the engine bound
     except HubError as exc:
         raise HubError(f"{spec}: {exc}") from None
     except CheckpointError as exc:  # a tensor our GPT2 cannot serve faithfully

@@ -50,7 +50,7 @@ def test_a_packed_file_loads_as_it_is(hf_folder, tmp_path, capsys, precision):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--precision", "fp8"], "--precision: precision must be one of"),
+        (["--precision", "fp8"], "--precision must be one of fp32, "),
         (["--precision", "int8", "--dtype", "float16"], "--dtype applies to fp32 files"),
         (["--precision", "int8", "--to-hf", "out"], "the Hub's layout takes --dtype"),
     ],

@@ -283,8 +283,8 @@ def test_app_serves_a_hub_spec(hub, tokenizer):
 
 
 def test_app_default_weights(monkeypatch, tmp_path):
-    import app
     from gpt2.serving import HUB_DEFAULT
+    from ui import startup as app
 
     monkeypatch.setattr(app, "DEFAULT_WEIGHTS", tmp_path)  # an empty weights/ folder
     for var in ("GPT2_WEIGHTS", "SPACE_ID"):
