@@ -72,7 +72,9 @@ def max_batch_from_env() -> int:
 
 def no_weights(why: str) -> None:
     """Stop with the paragraph that says how to get weights (exit status 2)."""
-    print(textwrap.fill(NO_WEIGHTS.format(why=why.rstrip(".")), 100), file=sys.stderr, flush=True)
+    text = NO_WEIGHTS.format(why=why.rstrip("."))
+    paragraph = textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)  # paths stay whole
+    print(paragraph, file=sys.stderr, flush=True)
     sys.exit(NO_WEIGHTS_STATUS)
 
 

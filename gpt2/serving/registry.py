@@ -25,7 +25,7 @@ from ..formats import hub
 from ..formats.weights import list_models, load_model
 from ..model import GPT2
 from ..tokenizer import Tokenizer, load_tokenizer
-from .budget import Held, MemoryBudget, of_total
+from .budget import Held, MemoryBudget, Need, of_total
 from .sources import AUTO, HUB_DEFAULT, Choice, Source, check_wanted, file_source, parse_weights
 
 CONVERT_COMMAND = "python -m convert --model 124M"
@@ -72,7 +72,7 @@ class Loading:
         return isinstance(self.error, hub.HubUnreachable)
 
     def line(self) -> str:
-        """ "downloading GPT-2 XL: 2.1 / 6.4 GB", "loading GPT-2 XL · 1558M · int4: 0.4 / 6.4 GB"."""
+        """The load as a status line: downloading GPT-2 XL: 2.1 / 6.4 GB, loading ... · int4: 0.4 / 6.4 GB."""
         if self.stage == "failed":
             return f"loading {self.label} failed: {reason(self.error)}"
         if self.stage == "ready":
@@ -120,7 +120,7 @@ class ModelRegistry:
             raise ValueError(f"precision {precision!r} is a CPU mode; on {self.device} use fp32")
         self.budget = budget or MemoryBudget()
         self._models: OrderedDict[str, GPT2] = OrderedDict()  # least recently used first
-        self._needs: dict = {}  # name -> budget.Need, for loaded models and admitted loads
+        self._needs: dict[str, Need] = {}  # for loaded models and admitted loads
         self._loads: dict[str, Loading] = {}
         self._users: Counter[str] = Counter()  # streams using each model now
         self._lock = threading.Lock()
@@ -174,12 +174,16 @@ class ModelRegistry:
             raise ValueError(f"unknown model {name[:80]!r}; available: {', '.join(self.names)}")
         return name
 
+    @property
+    def _wanted(self) -> str:
+        return self.precision if self.device.startswith("cpu") else "fp32"  # (packing is a CPU mode)
+
     def choice(self, name: str) -> Choice | None:
         """The precision `name` is (or will be) served in; None for a Hub model not fetched yet."""
         model = self._models.get(name)
         if model is not None:
             return Choice(model.runtime.precision)
-        return self.sources[name].choose(self.precision if self.device.startswith("cpu") else "fp32")
+        return self.sources[name].choose(self._wanted)
 
     def label(self, name: str) -> str:
         """What people read for `name`: "GPT-2 XL · 1558M · int4"."""
@@ -269,8 +273,7 @@ class ModelRegistry:
         state.finished.set()
 
     def _load(self, state: Loading, source: Source) -> GPT2:
-        wanted = self.precision if self.device.startswith("cpu") else "fp32"
-        progress = state.report
+        wanted, progress = self._wanted, state.report
         if not source.on_hub:
             precision = self._admit(state, source, source.choose(wanted))
             return load_model(
