@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import GPT2Config
+from ..engine import precision as packing
 from ..engine.precision import BYTES_PER_WEIGHT
 
+# The head's precision where the engine packs it otherwise than the blocks (int4 blocks keep an int8 head);
+# engines without such a table pack the head like the blocks.
+HEAD_PRECISION: dict[str, str] = getattr(packing, "HEAD_PRECISION", {})
 KV_POSITIONS = 512  # positions per text the KV budget is made for: a prompt and its continuation
 # Headroom beyond the estimates: the loader's temporaries (one fp32 tensor at a time, 64 MB slices of the
 # head while packing it), the allocator's slack, requests' logits and sampling.
@@ -41,7 +45,7 @@ def weight_bytes(config: GPT2Config, precision: str) -> int:
     if precision == "fp32":
         head = 0 if config.tied_head else V * d * 4
     else:
-        head = V * d * BYTES_PER_WEIGHT[precision]
+        head = V * d * BYTES_PER_WEIGHT[HEAD_PRECISION.get(precision, precision)]
     return int(linear * BYTES_PER_WEIGHT[precision] + fp32 * 4 + head)
 
 
