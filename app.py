@@ -1,10 +1,14 @@
 """The Gradio Space: GPT-2 streaming token by token, with a look inside the model, and a client API.
 
-    python app.py [--weights weights/ | hf://OWNER/REPO] [--precision fp32|bf16|f16|int8|int4]
-                  [--share] [--mcp]
+    python app.py [--weights SOURCE[,SOURCE...]] [--precision auto|PRECISION] [--share] [--mcp]
 
-Layout and wiring only: requests are checked, scheduled and streamed by `gpt2.serving`, and rendered by
-`ui.render`. Host and port come from Gradio's environment (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT).
+With no --weights (nor GPT2_WEIGHTS) it serves the converted models in weights/, or, if there are none,
+OpenAI's four sizes from the Hugging Face Hub: 124M loaded at start-up, the others when first chosen.
+
+Wiring only: the page is built by `ui.layout` (its components, named by role), requests are checked,
+scheduled and streamed by `gpt2.serving`, and rendered by `ui.render`; here events meet handlers, which
+return updates keyed by component. Host and port come from Gradio's environment (GRADIO_SERVER_NAME,
+GRADIO_SERVER_PORT).
 
 API (all streaming, parameters by name, see README.md, "Using the API"):
     /generate             the continuation so far, as a string, at each update
@@ -12,56 +16,57 @@ API (all streaming, parameters by name, see README.md, "Using the API"):
     /generate_samples     n continuations of one prompt decoded side by side, as a list of strings
 """
 
-# No `from __future__ import annotations`: gr.api reads the endpoint functions' annotations at runtime.
+# No `from __future__ import annotations`: Gradio reads handler signatures (gr.Request, gr.EventData).
 
-import argparse
-import importlib.util
+if __name__ == "__main__":
+    # Before Gradio is imported (half of the start-up): whether there is anything to serve is known, and
+    # said, within seconds; the first model loads and the engine compiles while Gradio imports.
+    from ui import startup
+
+    STARTED = startup.start()
+
 import os
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import gradio as gr
 
 from gpt2.decoding.batch import BusyError
-from gpt2.decoding.request import SERVING
-from gpt2.engine.precision import PRECISIONS
-from gpt2.serving import (
-    DEFAULTS,
-    ModelRegistry,
-    NoWeightsError,
-    Progress,
-    Server,
-    default_weights,
-    make_request,
-    parse_stop_text,
-)
-from ui import api, quiet_queue, render, script, share
-from ui.content import EXAMPLES, INTRO, SLIDERS
+from gpt2.decoding.params import BY_NAME
+from gpt2.serving import LoadError, ModelRegistry, Progress, Server, make_request
+from ui import api, controls, quiet_queue, render, script, share, startup
+from ui.layout import Page, build_page
 from ui.live import LiveView
 
-try:  # Hugging Face ZeroGPU: present on Spaces that use it, a no-op decorator everywhere else.
-    import spaces  # type: ignore[import-not-found]
-except ImportError:
-    spaces = None
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
+PRIVATE = dict(api_visibility="private", queue=False)  # UI-only events; programs use the named endpoints
+LOAD_POLL_S = 0.25  # how often the page hears how a model's load is going
 
 
 def gpu(fn: Callable) -> Callable:
     """`@spaces.GPU` when running on ZeroGPU (borrow a GPU for the call), the function itself otherwise."""
-    return spaces.GPU(fn) if spaces is not None else fn
+    return startup.spaces.GPU(fn) if startup.spaces is not None else fn
 
 
-def build_demo(
-    registry: ModelRegistry | str | os.PathLike[str] = DEFAULT_WEIGHTS,
+@dataclass
+class App:
+    """The app as built: `blocks` to launch, and what serves it: the model `registry` and the `server`
+    (one batching scheduler per model). Tests and main() reach them here."""
+
+    blocks: gr.Blocks
+    registry: ModelRegistry
+    server: Server
+    page: Page
+
+
+def build_app(
+    registry: ModelRegistry | str | os.PathLike[str] = startup.DEFAULT_WEIGHTS,
     *,
     server: Server | None = None,
     max_batch: int = 8,
     yield_interval: float | None = None,
     queue_size: int = 32,
-) -> gr.Blocks:
+) -> App:
     """The Space. `registry` is a ModelRegistry or a weights file/folder (tests pass a fixture folder)."""
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry.from_path(registry)
@@ -73,229 +78,173 @@ def build_demo(
     # without it, one at a time on a small CPU (each generation already uses every core).
     concurrency = server.max_batch if server.batching else 1
     run_opts = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=concurrency)
+    run = runner(registry, server)
+    with api.Blocks(title="GPT-2, hand-built") as blocks:
+        page = build_page(registry)
+        wire_generation(page, run, registry, run_opts)
+        wire_links(blocks, page, registry)
+        blocks.load(None, js=script("open_settings.js"), **PRIVATE)  # a wide screen opens the settings
+        api.add_endpoints(run, registry.default, gpu, **run_opts)
+    blocks.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    quiet_queue(blocks)  # Gradio's 1 ms polling cost one HTTP stream ~10% of its speed (ui/__init__.py)
+    return App(blocks, registry, server, page)
 
-    def run(args: tuple, with_probs: bool, n: object = 1) -> Iterator[Progress]:
-        """Check a request and stream it; every failure a client can cause becomes a readable gr.Error."""
+
+def build_demo(*args, **kwargs) -> gr.Blocks:
+    """The Space's gr.Blocks (`build_app(...).blocks`), for whoever only launches it."""
+    return build_app(*args, **kwargs).blocks
+
+
+def runner(registry: ModelRegistry, server: Server) -> Callable[..., Iterator[Progress]]:
+    """run(values, with_probs): check a request (the declared parameters by name) and stream it; every
+    failure a client can cause becomes a readable gr.Error."""
+
+    def run(values: dict, with_probs: bool) -> Iterator[Progress]:
         try:
-            request, name = make_request(registry, *args, n=n)
+            request, name = make_request(registry, **values)
             yield from server.stream(request, name, with_probs=with_probs)
         except ValueError as exc:
             raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
         except BusyError as exc:  # every batch slot and queue place is taken
             raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
+        except LoadError as exc:  # a failed download, not enough memory, ...: the next request retries
+            raise gr.Error(str(exc), title="Model not loaded", print_exception=False) from None
 
-    # --- the UI handler: text (or the samples), live line, coloured tokens and summary, from one stream ---
+    return run
+
+
+def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts: dict) -> None:
+    """Generate (text or samples, live line, coloured tokens and summary, from one stream), Stop, Clear,
+    the sample picker and the seed buttons."""
 
     @gpu
-    def ui_generate(
-        prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop_text, model, n, pick
-    ):
-        stop = parse_stop_text(stop_text)
-        args = (prompt, max_new_tokens, temperature, top_k, top_p, penalty, seed_text, stop, model)
-        if isinstance(model, str) and model in registry.names and not registry.is_loaded(model):
-            yield (
-                gr.skip(),
-                gr.skip(),
-                f"⏳ loading model **{model}** on {registry.device}…",
-                *[gr.skip()] * 5,
-            )
+    def ui_generate(pick, **inputs):
+        values = {name: controls.to_api(BY_NAME[name], value) for name, value in inputs.items()}
+        for line in loading_lines(registry, values["model"]):
+            yield {page.status: line}
         view, first = LiveView(chosen=int(pick or 1) - 1), True
-        for p in run(args, with_probs=True, n=n):
+        for p in run(values, with_probs=True):
             view.update(p)
-            many = p.request.n > 1
-            # The selector is set once per generation: later updates must not undo a choice made mid-stream.
-            picker = gr.update(choices=list(range(1, p.request.n + 1)), value=view.chosen + 1, visible=many)
-            yield (
-                gr.update(value=prompt + p.text, visible=not many),
-                gr.update(value=render.samples_html(p) if many else "", visible=many),
-                render.status_line(p),
-                view.tokens_html(),
-                view.summary_html(),
-                str(p.request.seed),
-                picker if first else gr.skip(),
-                view,
-            )
-            first = False
+            update = live_update(page, p, view, values["prompt"])
+            if first:  # set once per generation: later updates must not undo a choice made mid-stream
+                many = p.request.n > 1
+                update[page.pick] = gr.update(
+                    choices=list(range(1, p.request.n + 1)), value=view.chosen + 1, visible=many
+                )
+                first = False
+            yield update
 
     def choose_sample(view: LiveView | None, pick):
         if view is None:
-            return gr.skip(), gr.skip()
+            return {page.tokens: gr.skip()}
         view.choose(pick)
-        return view.tokens_html(), view.summary_html()
+        return {page.tokens: view.tokens_html(), page.summary: view.summary_html()}
 
-    def cleared():
-        hide = gr.update(value="", visible=False)
-        empty = render.tokens_html("", [])
-        return gr.update(value="", visible=True), hide, "Ready.", empty, render.summary_html(None), "", hide
+    def stopped(status, samples):  # after the cancel has taken effect: every sample says so
+        return {page.status: render.stopped(status), page.samples: render.stopped(samples)}
 
-    def seed_of_sample(event: gr.EventData):  # a sample's "use seed" button (ui/samples.js)
-        return str(getattr(event, "seed", ""))[:20]
+    outputs = [
+        page.text,
+        page.samples,
+        page.status,
+        page.tokens,
+        page.summary,
+        page.seed_used,
+        page.pick,
+        page.view,
+    ]
+    run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
+    running = page.generate.click(ui_generate, [page.pick], outputs, inputs_kwargs=page.inputs, **run_ui)
+    page.stop.click(None, cancels=[running], **PRIVATE)
+    running.failure(stopped, [page.status, page.samples], [page.status, page.samples], **PRIVATE)
+    page.clear.click(lambda: cleared(page), None, outputs, cancels=[running], **PRIVATE)
+    page.reuse.click(lambda seed: seed, page.seed_used, page.inputs["seed"], **PRIVATE)
+    page.samples.click(seed_of_sample, None, page.inputs["seed"], **PRIVATE)
+    page.pick.input(choose_sample, [page.view, page.pick], [page.tokens, page.summary], **PRIVATE)
+
+
+def loading_lines(registry: ModelRegistry, name: object) -> Iterator[str]:
+    """The status line every LOAD_POLL_S while model `name` loads (nothing when it is loaded; a name that is
+    not a model's is the request's own check to report). A failed load is reported by the run after it."""
+    try:
+        state = registry.load(registry.check_name(name))
+    except ValueError:
+        return
+    while state is not None and not state.finished.is_set():
+        yield render.loading_line(state)
+        state.wait(LOAD_POLL_S)
+
+
+def live_update(page: Page, p: Progress, view: LiveView, prompt: str) -> dict:
+    """The page at an update of a generation: one text, or each sample's column."""
+    many = p.request.n > 1
+    return {
+        page.text: gr.update(value=prompt + p.text, visible=not many),
+        page.samples: gr.update(value=render.samples_html(p) if many else "", visible=many),
+        page.status: render.status_line(p),
+        page.tokens: view.tokens_html(),
+        page.summary: view.summary_html(),
+        page.seed_used: str(p.request.seed),
+        page.view: view,
+    }
+
+
+def cleared(page: Page) -> dict:
+    hide = gr.update(value="", visible=False)
+    return {
+        page.text: gr.update(value="", visible=True),
+        page.samples: hide,
+        page.status: "Ready.",
+        page.tokens: render.tokens_html("", []),
+        page.summary: render.summary_html(None),
+        page.seed_used: "",
+        page.pick: hide,
+    }
+
+
+def seed_of_sample(event: gr.EventData):  # a sample's "use seed" button (ui/samples.js)
+    return str(getattr(event, "seed", ""))[:20]
+
+
+def wire_links(blocks: gr.Blocks, page: Page, registry: ModelRegistry) -> None:
+    """Share links: a page opened with one sets its inputs; Copy link makes one."""
 
     def open_link(request: gr.Request):
         """Set the inputs a share link carries (the page's query string); say which were ignored."""
         shared = share.parse_query(str(request.query_params), registry)
-        values = [shared.values.get(name, gr.skip()) for name in share.FIELDS]
-        notes = gr.update(value=render.notes_html(shared.notes), visible=True) if shared.notes else gr.skip()
-        return *values, notes
+        update = {page.inputs[name]: value for name, value in shared.values.items()}
+        if shared.notes:
+            update[page.link_notes] = gr.update(value=render.notes_html(shared.notes), visible=True)
+        return update or {page.link_notes: gr.skip()}
 
-    def copy_link(page, *values):
+    def copy_link(url, seed_used, **values):
         """This page with the current inputs, and the seed the last generation used (if there was one)."""
-        fields = dict(zip(share.FIELDS, values[:-1], strict=True))
-        fields["seed"] = values[-1] or fields["seed"]
-        return gr.update(value=share.link(page, fields), visible=True)
+        values["seed"] = seed_used or values["seed"]
+        return {page.link: gr.update(value=share.link(url, values), visible=True)}
 
-    with api.Blocks(title="GPT-2, hand-built") as demo:
-        gr.Markdown(INTRO)
-        # Closed at first, so a phone shows the prompt first; open_settings.js opens it on a wide screen.
-        with gr.Sidebar(label="Settings", open=False, width=300, elem_id="settings"):
-            model_box = gr.Dropdown(
-                registry.names, value=registry.default, label="Model", info="loaded on first use"
-            )
-            controls = {}
-            for name, label, step, info in SLIDERS:
-                lo, hi = SERVING.bounds(name)
-                controls[name] = gr.Slider(
-                    lo, hi, value=DEFAULTS[name], step=step, label=label, info=info, elem_id=name
-                )
-            seed_box = gr.Textbox(label="Seed", placeholder="empty = random", max_lines=1, elem_id="seed")
-            seed_used = gr.Textbox(label="Seed used", interactive=False, max_lines=1, elem_id="seed-used")
-            reuse = gr.Button("Reuse this seed", size="sm")
-            stop_box = gr.Textbox(
-                label="Stop strings", placeholder=r"comma-separated, e.g. \n\n, THE END", max_lines=1
-            )
-        link_notes = gr.HTML(visible=False, elem_id="link-notes", container=True, padding=True)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                prompt_box = gr.Textbox(
-                    label="Prompt",
-                    lines=3,
-                    max_length=SERVING.max_prompt_chars,
-                    elem_id="prompt",
-                    autofocus=True,
-                )
-                with gr.Row():  # one line on a wide screen; on a phone, Generate, Stop, Clear, then Copy link
-                    go = gr.Button("Generate", variant="primary", elem_id="generate", scale=2, min_width=120)
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=80)
-                    clear = gr.Button("Clear", elem_id="clear", min_width=80)
-                    copy = gr.Button("Copy link", elem_id="copy-link", min_width=120)
-                link_box = gr.Textbox(
-                    label="Link to these settings and this seed",
-                    visible=False,
-                    elem_id="link",
-                    buttons=["copy"],
-                )
-                output = gr.Textbox(
-                    label="Text", lines=8, max_lines=30, interactive=False, elem_id="output", autoscroll=True
-                )
-                samples = gr.HTML(
-                    render.samples_html(None),
-                    css_template=render.CSS,
-                    js_on_load=script("samples.js"),
-                    visible=False,
-                    elem_id="samples",
-                )
-                status = gr.Markdown("Ready.", elem_id="status")
-                gr.Examples([[e] for e in EXAMPLES], inputs=[prompt_box], label="Try")
-            with gr.Column(scale=2):
-                pick = gr.Radio([1], value=1, label="Token view: sample", visible=False, elem_id="pick")
-                tokens_view = gr.HTML(
-                    render.tokens_html("", []),
-                    label="Inside the model",
-                    css_template=render.CSS,
-                    elem_id="tokens",
-                    container=True,
-                    padding=True,
-                )
-                summary = gr.HTML(
-                    render.summary_html(None), css_template=render.CSS, elem_id="summary", padding=True
-                )
-        view_state = gr.State(None)  # this tab's LiveView
-
-        private = dict(api_visibility="private", queue=False)  # programs use the named endpoints below
-        controls.update(prompt=prompt_box, seed=seed_box, stop=stop_box, model=model_box)
-        fields = [controls[name] for name in share.FIELDS]  # the API's parameters, in its order
-        outputs = [output, samples, status, tokens_view, summary, seed_used, pick, view_state]
-        run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
-        running = go.click(ui_generate, [*fields, pick], outputs, **run_ui)
-        stop_btn.click(None, cancels=[running], **private)
-        # After the cancel has taken effect (an update already on its way cannot overwrite it), every sample.
-        running.failure(
-            lambda *views: [render.stopped(v) for v in views], [status, samples], [status, samples], **private
-        )
-        clear.click(cleared, None, outputs[:-1], cancels=[running], **private)
-        reuse.click(lambda s: s, seed_used, seed_box, **private)
-        samples.click(seed_of_sample, None, seed_box, **private)
-        pick.input(choose_sample, [view_state, pick], [tokens_view, summary], **private)
-        page_url = gr.Textbox(visible=False)  # filled in the browser by page_url.js
-        copy.click(
-            copy_link, [page_url, *fields, seed_used], link_box, js=script("page_url.js"), **private
-        ).then(None, link_box, None, js=script("copy_link.js"), **private)
-        demo.load(open_link, None, [*fields, link_notes], show_progress="hidden", **private)
-        demo.load(None, js=script("open_settings.js"), **private)
-        for fn in api.endpoints(run, registry.default, gpu):
-            gr.api(fn, api_name=fn.__name__, **run_opts)
-
-    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
-    quiet_queue(demo)  # Gradio's 1 ms polling cost one HTTP stream ~10% of its speed (ui/__init__.py)
-    demo.registry, demo.serving = registry, server  # for tests and main()
-    return demo
+    # page_url.js puts the page's address into the first input (only the browser knows it).
+    url_first = dict(inputs_kwargs=page.inputs, js=script("page_url.js"))
+    copy = page.copy.click(copy_link, [page.page_url, page.seed_used], page.link, **url_first, **PRIVATE)
+    copy.then(None, page.link, None, js=script("copy_link.js"), **PRIVATE)
+    blocks.load(open_link, None, [*page.inputs.values(), page.link_notes], show_progress="hidden", **PRIVATE)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Serve the GPT-2 demo (host/port: GRADIO_SERVER_NAME/PORT).")
-    ap.add_argument(
-        "--weights",
-        default=default_weights(DEFAULT_WEIGHTS),
-        help="a converted .safetensors file or folder, or hf://OWNER/REPO[@REVISION][/FILE] (GPT2_WEIGHTS)",
-    )
-    ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
-    ap.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=os.environ.get("GPT2_PRECISION", "fp32"),
-        help="CPU weights: fp32 (exact), bf16, f16, int8 or int4 (fewer bytes per token, see README 'Speed')",
-    )
-    mcp_env = os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes")
-    ap.add_argument("--mcp", action="store_true", default=mcp_env, help="also serve the API as MCP tools")
-    return ap.parse_args(argv)
-
-
-def max_batch_from_env() -> int:
-    """GPT2_MAX_BATCH (default 8): requests decoded together; 1 = one at a time. ZeroGPU: 1 (its GPU
-    exists only inside each handler call, not in the scheduler's worker thread)."""
-    value = os.environ.get("GPT2_MAX_BATCH", "8").strip()
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"GPT2_MAX_BATCH must be a whole number >= 1, got {value!r}")
-    return 1 if spaces is not None else int(value)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.mcp and importlib.util.find_spec("mcp") is None:
-        sys.exit("--mcp needs Gradio's MCP extra: pip install 'gradio[mcp]==6.31.0'")
-    try:
-        registry = ModelRegistry.from_path(args.weights, precision=args.precision)
-        max_batch = max_batch_from_env()
-    except (NoWeightsError, ValueError, RuntimeError) as exc:
-        sys.exit(str(exc))
-    print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
-    try:  # load the default model now (the first visitor should not wait); say which engine decodes it
-        print(f"decode engine: {registry.engine_line()} · batch: {max_batch}", flush=True)
-    except ValueError as exc:  # e.g. a HubError: a missing repo, or no network and nothing cached
-        sys.exit(str(exc))
-    demo = build_demo(registry, max_batch=max_batch)
+def main(argv: list[str] | None = None, started: startup.Started | None = None) -> None:
+    started = started or startup.start(argv)
+    startup.finish(started)
+    blocks = build_demo(started.registry, max_batch=started.max_batch)
     # Spaces routes traffic to 0.0.0.0:7860; elsewhere Gradio's own defaults and env vars apply.
     server_name = None
     if os.environ.get("SPACE_ID") and not os.environ.get("GRADIO_SERVER_NAME"):
         server_name = "0.0.0.0"
-    demo.launch(
+    blocks.launch(
         server_name=server_name,
-        share=args.share or None,
-        mcp_server=args.mcp or None,
+        share=started.args.share or None,
+        mcp_server=started.args.mcp or None,
         theme=gr.themes.Soft(),
         footer_links=["api", "gradio"],
     )
 
 
 if __name__ == "__main__":
-    main()
+    main(started=STARTED)

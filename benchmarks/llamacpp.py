@@ -5,18 +5,18 @@ writes the file, `llama-cpp-python` builds and binds llama.cpp. Without them the
 and says why the llama.cpp rows are missing (`unavailable_reason`).
 
 The GGUF holds exactly the tensors our model holds, under llama.cpp's "gpt2" architecture names, with
-GPT-2's byte-level BPE vocabulary and merges (llama.cpp refuses a gpt2 model without them). Three
-types, each racing one of our precisions: "f32" (exact), "f16" (2-D weights halved; vs our bf16 and f16)
-and "q8_0" (2-D weights in blocks of 32 int8 codes with one f16 scale; vs our per-row int8). 1-D tensors
-(LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter keeps them. The 4-bit types
-("q4_0", "q4_K_M"; vs our int4) are made from such a file by llama.cpp's own quantizer
-(`quantize_gguf`), which also picks each tensor's type by its own rules.
+GPT-2's byte-level BPE vocabulary and merges (llama.cpp refuses a gpt2 model without them). Written
+here: "f32" (exact), "f16" (2-D weights halved) and "q8_0" (2-D weights in blocks of 32 int8 codes with
+one f16 scale); 1-D tensors (LayerNorms, biases) stay f32 in every type, as llama.cpp's own converter
+keeps them. "q4_0" and "q4_K_M", which `gguf` cannot write, come from the f32 file through llama.cpp's
+own quantizer (`quantize_gguf`). Which type races which of our precisions: `benchmarks.common.PAIRS`.
 
 Tokens go in and come out as ids: llama.cpp's tokenizer is never used, so only the maths is compared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -33,8 +33,6 @@ from gpt2.model import LN_EPS
 from gpt2.tokenizer import ENCODER_JSON, ENDOFTEXT, PACKAGED_BPE_DIR, VOCAB_BPE
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
-# llama.cpp's own quantizer's file types (llama_ftype), made from an f32 (or f16) GGUF by `quantize_gguf`.
-QUANT_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
 
 # Our state-dict names → llama.cpp's (src/llama-arch.cpp). Both keep Linear weights as [out, in] rows.
@@ -166,43 +164,6 @@ def write_gguf(
     return path
 
 
-def quantize_gguf(
-    src: str | os.PathLike[str], path: str | os.PathLike[str], quant_type: str, threads: int = 2
-) -> Path:
-    """Quantize the GGUF at `src` (best an "f32" one from `write_gguf`) to `quant_type` ("q4_0" or
-    "q4_K_M") with llama.cpp's `llama_model_quantize`, its defaults otherwise, written atomically to
-    `path`. llama.cpp chooses each tensor's type itself: a q4_0 file keeps 1-D tensors f32 and gives
-    the output matrix (GPT-2's tied token embedding) Q6_K, or Q8_0 where its rows are no multiple of 256
-    wide; q4_K_M mixes Q4_K with Q5_K/Q6_K (and their fallbacks) by its own rules."""
-    import llama_cpp
-
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
-    params.nthread = threads
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"llama.cpp could not quantize {src} to {quant_type} (code {rc})")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def gguf_tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Each tensor's type in a GGUF, by name (what a quantizer chose)."""
-    from gguf import GGUFReader
-
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
-
-
 def gguf_weight_bytes_per_token(path: str | os.PathLike[str]) -> int:
     """Weight bytes one llama.cpp decode step reads from this file: every tensor, but one row of the
     position table (and one row of token_embd when an untied `output.weight` does the head's work)."""
@@ -269,3 +230,61 @@ def system_info() -> str:
     import llama_cpp
 
     return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
+# What llama.cpp's quantizer makes from an f32 GGUF (its `llama-quantize` tool's type names).
+QUANTIZED_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """C code's stderr (file descriptor 2) into `path` while the block runs."""
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quantize_gguf(src: Path, dst: Path, kind: str) -> Path:
+    """`src` (an f32 GGUF from `write_gguf`) quantized to `kind` ("q4_0" or "q4_K_M") by llama.cpp's own
+    quantizer (`llama_model_quantize`, as its `llama-quantize` tool runs it), written to `dst` atomically.
+    Its per-tensor log is kept out of the way and shown only if it fails."""
+    import llama_cpp
+
+    if kind not in QUANTIZED_TYPES:
+        raise ValueError(f"kind must be one of {', '.join(QUANTIZED_TYPES)}, got {kind!r}")
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ValueError(f"{src} does not exist")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTIZED_TYPES[kind])
+    params.nthread = os.cpu_count() or 1
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+    os.close(fd)
+    log = Path(tmp + ".log")
+    try:
+        with _stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+        if status != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"llama.cpp could not quantize {src} to {kind}: " + " / ".join(tail))
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+    return dst
+
+
+def gguf_for(model: GPT2, directory: Path, gguf_type: str, bpe_dir: str | os.PathLike[str]) -> Path:
+    """`directory/model-TYPE.gguf` holding `model`'s weights, written if it is not there yet (the
+    quantized types from the f32 file, written first where needed)."""
+    path = Path(directory) / f"model-{gguf_type}.gguf"
+    if path.is_file():
+        return path
+    if gguf_type in QUANTIZED_TYPES:
+        return quantize_gguf(gguf_for(model, directory, "f32", bpe_dir), path, gguf_type)
+    return write_gguf(model, path, gguf_type, bpe_dir)

@@ -19,12 +19,8 @@ from gpt2.formats.hf import model_from_hf, parse_config_json
 from .common import ConvertError
 
 
-def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
-    """The folder's weights: one or several safetensors files, else `pytorch_model.bin` (safe loading)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .from_pth import load_pth
+def weight_files(directory: Path) -> list[Path]:
+    """The folder's weights, as transformers picks them: safetensors (one file or shards) before pickles."""
 
     def shards(index_name: str) -> list[Path]:
         try:
@@ -37,25 +33,24 @@ def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
                 raise ConvertError(f"{directory / index_name} names a shard outside the folder: {name!r}")
         return [directory / n for n in names]
 
-    if (directory / "model.safetensors").is_file():
-        files = [directory / "model.safetensors"]
-    elif (directory / "model.safetensors.index.json").is_file():
-        files = shards("model.safetensors.index.json")
-    elif (directory / "pytorch_model.bin").is_file():
-        return load_pth(directory / "pytorch_model.bin", bare=True)
-    elif (directory / "pytorch_model.bin.index.json").is_file():
-        state: dict[str, torch.Tensor] = {}
-        for f in shards("pytorch_model.bin.index.json"):
-            state.update(load_pth(f, bare=True))
-        return state
-    else:
-        raise ConvertError(f"{directory} has no model.safetensors or pytorch_model.bin")
-    state = {}
-    for f in files:
-        try:
-            state.update(load_file(str(f)))
-        except (SafetensorError, OSError) as exc:
-            raise ConvertError(f"{f} is not a readable safetensors file: {exc}") from None
+    for name in (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ):
+        if (directory / name).is_file():
+            return shards(name) if name.endswith(".index.json") else [directory / name]
+    raise ConvertError(f"{directory} has no model.safetensors or pytorch_model.bin")
+
+
+def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The folder's weights: safetensors, else `pytorch_model.bin` (safe loading, weights only)."""
+    from .from_pth import load_pth
+
+    state: dict[str, torch.Tensor] = {}
+    for f in weight_files(directory):
+        state.update(load_pth(f, bare=True))  # reads .safetensors with safetensors, the rest weights-only
     return state
 
 

@@ -54,7 +54,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
         gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 
     computed by torch's fused kernel for that form (`approximate="tanh"`), one pass over x instead of the
-    seven the formula takes written out; tests/test_parity.py holds it to the formula above."""
+    seven the formula takes written out; tests/spec/test_model.py holds it to the formula above."""
     return F.gelu(x, approximate="tanh")
 
 
@@ -208,6 +208,7 @@ class GPT2(nn.Module):
         `logits_from..n-1`. Every argument is checked here (`check_step`), before anything runs.
         """
         n = check_step(self.config, tokens, positions, slots, cache, logits_from)
+        cache.ensure(int(positions.max()) + 1)
         engine = self.runtime.engine
         if engine is not None and engine.takes(n, slots):
             return engine.step(tokens, positions, slots, cache, logits_from)
@@ -249,12 +250,16 @@ class Runtime:
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer, `slot` by slot: each slot holds one sequence.
+    """Keys and values for every layer, `slot` by slot: each slot holds one sequence.
 
-    Buffers are `(n_layer, slots, n_head, max_len, head_dim)` and never reallocated: a step writes each
-    token's keys and values at its slot and position. Who owns which slot, and how far each is filled,
-    is the caller's to track (`gpt2.decoding`).
+    Buffers are `(n_layer, slots, n_head, capacity, head_dim)`. They start small and grow with the text
+    (a step that writes past `capacity` first grows it, by half again, in whole chunks, up to `max_len`):
+    8 slots of GPT-2 XL at the full 1024 positions would be 5 GB in fp32 before the first token, and most
+    texts are a few hundred tokens. Growing copies the filled positions once into the larger buffers.
+    Who owns which slot, and how far each is filled, is the caller's to track (`gpt2.decoding`).
     """
+
+    CHUNK = 64  # positions: capacity is always a multiple of this (or max_len)
 
     def __init__(
         self,
@@ -267,10 +272,28 @@ class KVCache:
         max_len = config.n_ctx if max_len is None else max_len
         if not 0 < max_len <= config.n_ctx:
             raise ValueError(f"KV cache length must be in 1..{config.n_ctx}, got {max_len}")
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        self.shape = (config.n_layer, batch_size, config.n_head, 0, config.head_dim)
+        self.dtype, self.device = dtype, device
+        self.max_len = max_len  # the most positions a slot may hold
+        self.k = self.v = torch.empty(self.shape, dtype=dtype, device=device)
+        self.ensure(1)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def ensure(self, length: int) -> None:
+        """Room for positions `0..length-1` in every slot (`length <= max_len`), keeping what is there."""
+        if length <= self.capacity:
+            return
+        grown = max(length, self.capacity * 3 // 2)
+        grown = min(self.max_len, -(-grown // self.CHUNK) * self.CHUNK)
+        L, B, H, _, D = self.shape
+        k = torch.zeros((L, B, H, grown, D), dtype=self.dtype, device=self.device)
+        v = torch.zeros_like(k)
+        k[:, :, :, : self.capacity] = self.k
+        v[:, :, :, : self.capacity] = self.v
+        self.k, self.v = k, v
 
     @property
     def batch_size(self) -> int:

@@ -1,5 +1,5 @@
 """The app's presentation: HTML rendering, static CSS, share links, the page's words and scripts
-(app.py wires them to Gradio)."""
+(app.py wires them to Gradio); and its start-up before Gradio is imported (`startup`)."""
 
 from pathlib import Path
 
@@ -24,7 +24,7 @@ ANALYTICS_EVERY = 50
 def quiet_queue(demo) -> None:
     """Make `demo`'s queue (after `demo.queue(...)`) poll and summarise at the rates above. Gradio has no
     options for these, so this sets attributes of its private queue object (one of them spelled as Gradio
-    spells it); tests/test_app.py checks they exist in the pinned Gradio, and any other version that lacks
+    spells it); tests/app/test_app.py checks they exist in the pinned Gradio, and any other version that lacks
     them only gets a warning."""
     import os
     import warnings

@@ -3,10 +3,11 @@
     /?prompt=Once+upon&max_new_tokens=40&temperature=0.8&top_k=40&top_p=1&repetition_penalty=1
       &seed=7&stop=THE+END&model=gpt2-124M&n=2
 
-Every value is checked by the API's own code (`gpt2.serving.make_request`, so `Request.create` against
-`SERVING` and the registry's `check_name`): a link cannot set what a request could not. A missing value
-keeps the control's default; a bad one is dropped with a note saying which and why. `stop` is written the
-way the Stop box takes it (comma-separated, `\\n` for a newline), so a link restores the box as it was.
+The fields are the declared request parameters (`gpt2.decoding.params`), by name. Every value is checked
+by the API's own code (`gpt2.serving.make_request`, so `Request.create` against `SERVING` and the
+registry's `check_name`): a link cannot set what a request could not. A missing value keeps the control's
+default; a bad one is dropped with a note saying which and why. A box's value is written as the box holds
+it (`stop`: comma-separated, `\\n` for a newline), so a link restores the box as it was.
 """
 
 from __future__ import annotations
@@ -14,23 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-from gpt2.decoding.request import INTEGER_ARGS, Request
-from gpt2.serving import ModelRegistry, make_request, parse_stop_text
+from gpt2.decoding.params import BY_NAME, PARAMS
+from gpt2.serving import ModelRegistry, make_request
 
-# The API's parameters, in the API's order (/generate's, then /generate_samples' n).
-FIELDS = (
-    "prompt",
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "model",
-    "n",
-)
-NUMBERS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "n")
+from . import controls
+
+FIELDS = tuple(p.name for p in PARAMS)  # the API's parameters, in the API's order
+NUMBERS = tuple(p.name for p in PARAMS if p.number)
 # Gradio reads some query parameters itself (?view=api, ?__theme=dark): not ours to complain about.
 GRADIO_PARAMS = ("view",)
 
@@ -50,33 +41,13 @@ def _as_number(name: str, text: str) -> float:
         raise ValueError(f"{name} must be a number, got {text[:40]!r}") from None
 
 
-def _checked(request: Request, model: str, name: str, text: str) -> object:
-    """The value a control takes, as the API understood it (e.g. `top_k=40.0` → 40)."""
-    sampling = request.sampling
-    return {
-        "prompt": request.prompt,
-        "max_new_tokens": request.max_new_tokens,
-        "temperature": sampling.temperature,
-        "top_k": sampling.top_k,
-        "top_p": sampling.top_p,
-        "repetition_penalty": sampling.repetition_penalty,
-        "seed": str(request.seed),
-        "stop": text,  # the Stop box's own text
-        "model": model,
-        "n": request.n,
-    }[name]
-
-
 def _check(registry: ModelRegistry, name: str, text: str) -> object:
-    """One parameter through the API's checks, the others at their defaults (so an error is this one's)."""
-    if name == "prompt":
-        request, model = make_request(registry, text)
-    else:
-        value = _as_number(name, text) if name in NUMBERS else text
-        request, model = make_request(
-            registry, "", **{name: parse_stop_text(text) if name == "stop" else value}
-        )
-    return _checked(request, model, name, text)
+    """One parameter through the API's checks, the others at their defaults (so an error is this one's);
+    the value as its control takes it (e.g. `top_k=40.0` → 40)."""
+    p = BY_NAME[name]
+    value = _as_number(name, text) if p.number else controls.to_api(p, text)
+    request, model = make_request(registry, **{"prompt": "", name: value})  # (a prompt replaces the "")
+    return controls.shown(p, {**request.values(), "model": model}[name], text)
 
 
 def parse_query(query: str, registry: ModelRegistry) -> Shared:
@@ -112,7 +83,7 @@ def _text(name: str, value: object) -> str:
     if name in NUMBERS and not isinstance(value, str):
         # Sliders send floats (0.9500000000000001): ten digits keep every value a link can set.
         number = float(value)  # type: ignore[arg-type]
-        return str(int(number)) if name in INTEGER_ARGS else f"{number:.10g}"
+        return str(int(number)) if BY_NAME[name].integer else f"{number:.10g}"
     return str(value).strip() if name == "seed" else str(value)
 
 

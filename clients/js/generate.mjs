@@ -4,13 +4,12 @@
 //   node clients/js/generate.mjs http://127.0.0.1:7860/ "Every effort moves you" --max_new_tokens 40 --seed 42
 //
 // The first argument is the app's URL or a Space id ("user/space"). Options are /generate's parameters by
-// name (see README.md, "Using the API"); numbers are passed as numbers. Each update is printed as one JSON
-// line {"text": ...} (the continuation so far), then {"done": true, "text": ...}; an error from the app
-// ends the script with status 1 and the app's message on stderr.
+// name (see README.md, "Using the API"); a number for a parameter the app types as a number is passed as
+// one (the app's API description says which). Each update is printed as one JSON line {"text": ...} (the
+// continuation so far), then {"done": true, "text": ...}; an error from the app ends the script with
+// status 1 and the app's message on stderr.
 
 import { Client } from "@gradio/client";
-
-const NUMERIC = new Set(["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed"]);
 
 function parseArgs(argv) {
   const [url, prompt, ...rest] = argv;
@@ -22,16 +21,33 @@ function parseArgs(argv) {
     const flag = rest[i];
     const value = rest[i + 1];
     if (!flag.startsWith("--") || value === undefined) throw new Error(`expected --name value, got ${flag}`);
-    const name = flag.slice(2).replaceAll("-", "_");
-    if (NUMERIC.has(name)) {
-      const number = Number(value);
-      if (!Number.isFinite(number)) throw new Error(`--${name} must be a number, got ${value}`);
-      params[name] = number;
-    } else {
-      params[name] = value;
-    }
+    params[flag.slice(2).replaceAll("-", "_")] = value;
   }
   return { url, params };
+}
+
+// The options as the app's /generate takes them, by the types its API description gives: a number for a
+// parameter that is only a number ("int", "float"); the text itself where text is taken too (a seed,
+// "int | str | None", is read from its digits: a JavaScript number would round one above 2**53).
+async function typed(client, params) {
+  const info = await client.view_api();
+  const types = Object.fromEntries(
+    info.named_endpoints["/generate"].parameters.map((p) => [p.parameter_name, p.python_type?.type ?? ""]),
+  );
+  const out = {};
+  for (const [name, value] of Object.entries(params)) {
+    const type = types[name] ?? "str";
+    if (/\bstr\b/.test(type) || !/\b(int|float)\b/.test(type)) {
+      out[name] = value;
+      continue;
+    }
+    const number = Number(value);
+    if (!Number.isFinite(number) || value.trim() === "") {
+      throw new Error(`--${name} must be a number, got ${value}`);
+    }
+    out[name] = number;
+  }
+  return out;
 }
 
 async function main() {
@@ -42,7 +58,7 @@ async function main() {
     events: ["data", "status"],
   });
   let text = null;
-  for await (const event of client.submit("/generate", params)) {
+  for await (const event of client.submit("/generate", await typed(client, params))) {
     if (event.type === "data") {
       text = event.data[0];
       console.log(JSON.stringify({ text }));

@@ -30,7 +30,8 @@ import torch
 from ..engine.threads import single_threaded_torch
 from ..model import GPT2, KVCache
 from ..tokenizer import Tokenizer
-from .request import LIBRARY, Limits, Request
+from .params import LIBRARY, REQUEST, SAMPLES, SAMPLES_DEFAULT, Limits, takes
+from .request import Request
 from .sampling import Kept, SamplingParams
 from .sequence import Sequence, Step, prompt_ids
 
@@ -164,7 +165,7 @@ class BatchScheduler:
         self.max_unread = max_unread
         self.n_ctx = model.config.n_ctx
         self.device = model.wte.weight.device
-        self._cache: KVCache | None = None  # allocated at the first request
+        self._cache: KVCache | None = None  # allocated at the first request, dropped when idle
         self._free: list[int] = list(range(max_batch))
         self._active: list[_Job] = []
         self._waiting: deque[_Job] = deque()
@@ -177,10 +178,11 @@ class BatchScheduler:
 
     # ----------------------------------------------------------------- consumer side (any thread)
 
-    def stream(self, prompt: str, **kwargs: object) -> RequestStream:
-        """`Request.create(prompt, **kwargs)` against this scheduler's limits, then `submit`: the same
+    @takes(REQUEST, SAMPLES)
+    def stream(self, prompt: str, **options: object) -> RequestStream:
+        """`Request.create(prompt, **options)` against this scheduler's limits, then `submit`: the same
         arguments as `generate_steps` (plus `n`). ValueError and BusyError are raised right here."""
-        return self.submit(Request.create(prompt, limits=self.limits, **kwargs))
+        return self.submit(Request.create(prompt, limits=self.limits, **options))
 
     def submit(self, request: Request, *, score_prompt: bool = False) -> RequestStream:
         """Queue a checked request and return its stream of `Step`s (see `RequestStream`)."""
@@ -294,6 +296,8 @@ class BatchScheduler:
         if job in self._active:
             self._active.remove(job)
             self._free.extend(job.slots)
+        if not self._active:  # idle: give the cache's memory back (it grows again with the next texts)
+            self._cache = None
 
     def _guarded(self, jobs: list[_Job], fn: Callable[..., None], *args: object) -> None:
         """Run a model call; if it fails, fail only the requests it was for and keep serving."""
@@ -429,12 +433,13 @@ def prepare_sampling(
     return prepared
 
 
+@takes(REQUEST, SAMPLES)
 def generate_samples(
-    model: GPT2, tokenizer: Tokenizer, prompt: str, *, n: int = 2, **kwargs: object
+    model: GPT2, tokenizer: Tokenizer, prompt: str, *, n: int = SAMPLES_DEFAULT, **options: object
 ) -> list[str]:
     """`n` continuations of `prompt` decoded side by side (sample i uses seed + i); the texts, in order.
     Takes `generate`'s arguments; without a seed a random one is drawn for sample 0."""
-    request = Request.create(prompt, n=n, **kwargs)
+    request = Request.create(prompt, n=n, **options)
     texts = [""] * request.n
     with BatchScheduler(model, tokenizer, max_batch=request.n, max_queue=0) as scheduler:
         for step in scheduler.submit(request):

@@ -8,12 +8,12 @@ batching scheduler (`gpt2.scheduler`) drives the same `Sequence` for many reques
 from __future__ import annotations
 
 from collections.abc import Iterator
-from collections.abc import Sequence as Seq
 
 import torch
 
 from ..model import GPT2
 from ..tokenizer import Tokenizer
+from .params import REQUEST, takes
 from .request import Request
 from .sequence import Sequence, Step, TextStream, prompt_ids
 
@@ -44,65 +44,24 @@ def run_request(
         yield from steps
 
 
-def generate_steps(
-    model: GPT2,
-    tokenizer: Tokenizer,
-    prompt: str,
-    *,
-    max_new_tokens: int = 50,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seed: int | str | None = None,
-    stop: str | Seq[str] | None = None,
-) -> Iterator[Step]:
+@takes(REQUEST)
+def generate_steps(model: GPT2, tokenizer: Tokenizer, prompt: str, **options: object) -> Iterator[Step]:
     """Generate from `prompt`, one `Step` per token and a final `Step(token=None)`.
 
     `model` is a `GPT2` in any precision (the native engine runs it where attached, see `gpt2.engine`).
-    Arguments are checked before anything runs; a bad one raises ValueError with a readable message.
+    The options are the declared request parameters (`gpt2.decoding.params`: max_new_tokens, temperature,
+    top_k, top_p, repetition_penalty, seed, stop, ...), checked before anything runs; a bad one raises
+    ValueError with a readable message.
     """
-    request = Request.create(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        stop=stop,
-    )
-    return run_request(model, tokenizer, request)
+    return run_request(model, tokenizer, Request.create(prompt, **options))
 
 
-def generate(
-    model: GPT2,
-    tokenizer: Tokenizer,
-    prompt: str,
-    *,
-    max_new_tokens: int = 50,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seed: int | str | None = None,
-    stop: str | Seq[str] | None = None,
-) -> Iterator[str]:
+@takes(REQUEST)
+def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, **options: object) -> Iterator[str]:
     """Yield the continuation of `prompt` in text pieces as tokens arrive (see `generate_steps`).
 
     Pieces never split a character; the stream ends at <|endoftext|>, at a stop string (not
     included), or after `max_new_tokens` tokens. The prompt itself is not repeated.
     """
-    steps = generate_steps(
-        model,
-        tokenizer,
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        stop=stop,
-    )
+    steps = generate_steps(model, tokenizer, prompt, **options)
     return (step.text for step in steps if step.text)

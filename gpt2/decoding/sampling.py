@@ -1,6 +1,7 @@
-"""Turning logits into the next token: repetition penalty, temperature, top-k, top-p, seeded draws.
+"""Turning logits into the next token: repetition penalty, temperature, top-k, top-p, min-p, seeded draws.
 
-Order (as in OpenAI's and Hugging Face's samplers): penalty → temperature → top-k → top-p → draw.
+Order (as in OpenAI's and Hugging Face's samplers, min-p last): penalty → temperature → top-k → top-p →
+min-p → draw.
 Randomness only ever comes from a per-request `torch.Generator`, never torch's global RNG, so two
 concurrent requests with the same seed each get exactly the text they would get alone.
 """
@@ -8,15 +9,12 @@ concurrent requests with the same seed each get exactly the text they would get 
 from __future__ import annotations
 
 import math
-import secrets
-from dataclasses import dataclass
-from numbers import Integral, Real
+from dataclasses import dataclass, fields
 
 import torch
 
-MAX_TEMPERATURE = 10.0
-MAX_REPETITION_PENALTY = 10.0
-MAX_SEED = 2**63 - 1
+from .params import BY_NAME, LIBRARY
+
 _SMALL_SUPPORT = 2048  # at most this many kept tokens: sample from their top-k slice
 _NUCLEUS_PROBE = 1024  # top-p looks for the nucleus among this many most likely tokens first
 
@@ -27,7 +25,7 @@ class Kept:
     distribution actually sampled from, without a vocabulary-sized tensor. `processed()` spells it out
     over the whole vocabulary (-inf elsewhere) for whoever inspects it."""
 
-    values: torch.Tensor  # (n,) logits after penalty / temperature / top-k / top-p
+    values: torch.Tensor  # (n,) logits after penalty / temperature / top-k / top-p / min-p
     ids: torch.Tensor  # (n,) ascending token ids
     n_vocab: int
 
@@ -36,53 +34,21 @@ class Kept:
         return out.index_put_((self.ids,), self.values)
 
 
-def _number(name: str, value: object) -> float:
-    # bool is an int subclass; "True" as a temperature is a client bug, not a number.
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return value
-
-
-def as_int(name: str, value: object) -> int:
-    """`value` as an int, accepting integral floats (sliders send 40.0) and rejecting anything else."""
-    if isinstance(value, Integral) and not isinstance(value, bool):
-        return int(value)  # as is: through a float, a seed above 2**53 would silently change
-    number = _number(name, value)
-    if number != int(number):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
-
-
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
+    """How one token is drawn. Each field is a declared parameter (`gpt2.decoding.params`): its default and
+    its check (against the library's bounds) come from there."""
+
+    temperature: float = BY_NAME["temperature"].default  # 0 = greedy
+    top_k: int = BY_NAME["top_k"].default  # 0 = off
+    top_p: float = BY_NAME["top_p"].default  # 1.0 = off
+    repetition_penalty: float = BY_NAME["repetition_penalty"].default  # 1.0 = off
+    min_p: float = BY_NAME["min_p"].default  # 0 = off
 
     def __post_init__(self) -> None:
-        t = _number("temperature", self.temperature)
-        if not 0.0 <= t <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g} (0 = greedy), got {t:g}")
-        k = as_int("top_k", self.top_k)
-        if k < 0:
-            raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {k}")
-        p = _number("top_p", self.top_p)
-        if not 0.0 < p <= 1.0:
-            raise ValueError(f"top_p must be greater than 0 and at most 1 (1 = off), got {p:g}")
-        r = _number("repetition_penalty", self.repetition_penalty)
-        if not 1.0 <= r <= MAX_REPETITION_PENALTY:
-            raise ValueError(
-                f"repetition_penalty must be between 1 (off) and {MAX_REPETITION_PENALTY:g}, got {r:g}"
-            )
-        # Normalise types (frozen dataclass: go through object.__setattr__).
-        object.__setattr__(self, "temperature", t)
-        object.__setattr__(self, "top_k", k)
-        object.__setattr__(self, "top_p", p)
-        object.__setattr__(self, "repetition_penalty", r)
+        for f in fields(self):  # checked and normalised (40.0 → 40); frozen: through object.__setattr__
+            p = BY_NAME[f.name]
+            object.__setattr__(self, f.name, p.check(p, getattr(self, f.name), LIBRARY))
 
     @property
     def greedy(self) -> bool:
@@ -106,6 +72,8 @@ class SamplingParams:
         x = x / self.temperature
         if self.top_p < 1.0:
             x = _top_p(x, self.top_p)
+        if self.min_p > 0.0:
+            x = x.masked_fill(x < self._min_p_floor(x.max(dim=-1, keepdim=True).values), float("-inf"))
         return x
 
     def shortlist(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> list[Kept | None]:
@@ -115,7 +83,8 @@ class SamplingParams:
 
         Greedy keeps the argmax. With top-k, the k largest penalised logits are the kept set unless a
         logit outside them ties the k-th (then that row gets None, and `process` is the way); top-p then
-        keeps the prefix of those k, in descending order, that first reaches p. Every row's result is
+        keeps the prefix of those k, in descending order, that first reaches p, and min-p the prefix within
+        log(min_p) of the first. Every row's result is
         computed from that row alone (the batched `topk` selects exactly), so a row gets the same tokens
         whatever else is in the batch. None for every row when top-k is off (top-p alone: `process`).
         """
@@ -140,9 +109,18 @@ class SamplingParams:
                 keep[0] = True
                 n = int(keep.sum())
                 row_values, row_idx = row_values[:n], row_idx[:n]
+            if self.min_p > 0.0:  # (descending: the kept tokens are a prefix)
+                n = int((row_values >= self._min_p_floor(row_values[0])).sum())
+                row_values, row_idx = row_values[:n], row_idx[:n]
             ids, order = row_idx.sort()
             out.append(Kept(row_values[order], ids, V))
         return out
+
+    def _min_p_floor(self, top: torch.Tensor) -> torch.Tensor:
+        """Min-p keeps the tokens with probability >= min_p × the largest, that is logits >= the largest
+        + log(min_p): compared in logits, so both paths compare the very same numbers (a softmax over the
+        vocabulary and one over the shortlist would round differently)."""
+        return top + math.log(self.min_p)
 
     def draw(self, kept: Kept, generator: torch.Generator | None) -> int:
         """One token from a row's `Kept` set (the same draw `choose` makes from its candidates)."""
@@ -210,22 +188,6 @@ def _top_p(x: torch.Tensor, p: float) -> torch.Tensor:
     keep_sorted[..., 0] = True
     keep = torch.zeros_like(x, dtype=torch.bool).scatter(-1, idx, keep_sorted)
     return x.masked_fill(~keep, float("-inf"))
-
-
-def resolve_seed(seed: object = None) -> int:
-    """The seed to use: `seed` itself (validated), or a fresh random one when it is None/empty."""
-    if seed is None or (isinstance(seed, str) and not seed.strip()):
-        return secrets.randbelow(2**31)
-    if isinstance(seed, str):
-        try:
-            seed = int(seed.strip())
-        except ValueError:
-            raise ValueError(f"seed must be a whole number, got {seed!r}") from None
-    value = as_int("seed", seed)
-    if not 0 <= value <= MAX_SEED:
-        shown = str(value) if len(str(value)) <= 30 else f"a {len(str(value))}-digit number"
-        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {shown}")
-    return value
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

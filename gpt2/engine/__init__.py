@@ -73,6 +73,7 @@ def prepare(model, precision: str = "fp32", engine: bool | None = None):
     fast."""
     quantize(model, precision)
     model.runtime.huge_page_bytes = memory.place(model)
+    memory.release_free_memory()
     if engine is False:
         model.runtime.engine = None
         return model

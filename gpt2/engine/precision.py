@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT2
-from . import abi, gemm, threads
+from . import abi, gemm, memory, threads
 
 PRECISIONS = ("fp32", "bf16", "f16", "int8", "int4")
 # Bytes a block's weight takes per parameter (int4: half a byte of code and an f16 scale per 32; int8's
@@ -69,7 +69,7 @@ def check_precision(precision: object) -> str:
 def check_range(weight: torch.Tensor, precision: str, name: str = "a weight") -> None:
     """ValueError unless `precision` can hold every value of `weight` (`MAX_WEIGHT`; finite)."""
     limit = MAX_WEIGHT.get(precision)
-    if limit is None or not weight.numel():
+    if limit is None or not weight.numel() or weight.is_meta:  # meta: a skeleton, no values yet
         return
     lo, hi = weight.detach().aminmax()  # no |w| copy of the whole tensor
     largest = max(-lo.item(), hi.item()) if not (lo.isnan() or hi.isnan()) else float("nan")
@@ -191,8 +191,10 @@ def int4_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_range(weight, "int4", "this layer")
     w = weight.detach().float()
     G = abi.INT4_GROUP
-    codes = torch.empty(out, in_ // 2, dtype=torch.uint8)
-    scales = torch.empty(out, in_ // G, dtype=torch.float16)
+    codes = torch.empty(out, in_ // 2, dtype=torch.uint8, device=weight.device)
+    scales = torch.empty(out, in_ // G, dtype=torch.float16, device=weight.device)
+    if weight.is_meta:  # a skeleton's layout (a packed file's shapes), nothing to compute
+        return codes, scales
     step = max(1, INT4_CHUNK // in_)
 
     def pack(a: int) -> None:
@@ -275,25 +277,77 @@ def quantize(model: GPT2, precision: str) -> GPT2:
         )
     if not model.wte.weight.is_floating_point() or model.wte.weight.dtype != torch.float32:
         raise ValueError(f"{precision} packing starts from an fp32 model, got {model.wte.weight.dtype}")
-    layers = [
-        (f"h.{i}.{part}.{name}", getattr(block, part), name)
-        for i, block in enumerate(model.h)
-        for part, name in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
-    ]
-    # Refusals (a range the precision cannot hold) come before anything changes; then each layer is
-    # swapped as soon as it is packed, so only one layer's two copies are ever held at once.
-    for qualified, parent, name in layers:
-        check_range(getattr(parent, name).weight, precision, qualified)
+    # Refusals (a range the precision cannot hold) come before anything changes; then each block is
+    # packed in turn, so only one block's two copies are ever held at once.
+    for i, block in enumerate(model.h):
+        check_block_range(block, precision, f"h.{i}")
     check_range(model.head_weight, head_precision(precision), "the head")
-    packed = _PACKED[precision]
     model.runtime.engine = None  # it points at the weights being replaced
-    with torch.no_grad():
-        for _, parent, name in layers:
-            linear = getattr(parent, name)
-            setattr(parent, name, packed(linear.weight, linear.bias))
-        model.lm_head = _PACKED[head_precision(precision)](model.head_weight, None)
-    model.runtime.precision = precision
+    for block in model.h:
+        pack_block(block, precision)
+    pack_head(model, precision)
     return model
+
+
+LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))  # in every block
+
+
+# fp32 rows packed at once. Above glibc's largest mmap threshold (32 MB), so each temporary of packing
+# is a mapping of its own that goes straight back to the system when freed; in 8 MB slices the freed
+# temporaries piled up in the heap (+335 MB packing the 124M head to int8, against +40 MB this way).
+PACK_ROWS_BYTES = 64 << 20
+
+
+def packed(precision: str, weight: torch.Tensor, bias: torch.Tensor | None) -> PackedLinear:
+    """`weight` (and `bias`) as a `precision` layer, packed a slice of rows at a time: packing makes a few
+    weight-sized temporaries, and GPT-2 XL's head alone is 321 MB in fp32. Every buffer of a packed layer
+    is laid out by output row, so the slices' buffers concatenate into the whole layer's."""
+    cls = _PACKED[precision]
+    rows = max(1, PACK_ROWS_BYTES // (4 * weight.shape[1]))
+    if weight.shape[0] <= rows:
+        return cls(weight, bias)
+    parts = [
+        cls(weight[a : a + rows], None if bias is None else bias[a : a + rows])
+        for a in range(0, weight.shape[0], rows)
+    ]
+    whole = parts[0]
+    whole.out_features = weight.shape[0]
+    for name, buf in list(whole.named_buffers()):
+        pieces = [dict(p.named_buffers())[name] for p in parts]
+        if buf.device.type == "cpu":  # straight into the memory it will stay in
+            whole.register_buffer(
+                name, torch.cat(pieces, out=memory.empty((weight.shape[0], *buf.shape[1:]), buf.dtype))
+            )
+        else:
+            whole.register_buffer(name, torch.cat(pieces))
+    return whole
+
+
+def check_block_range(block: nn.Module, precision: str, name: str = "a block") -> None:
+    """ValueError unless `precision` holds every weight of `block`'s four linear layers."""
+    for parent, linear in LINEARS:
+        check_range(getattr(getattr(block, parent), linear).weight, precision, f"{name}.{parent}.{linear}")
+
+
+@torch.no_grad()
+def pack_block(block: nn.Module, precision: str) -> None:
+    """Store one block's four linear layers in `precision` (in place; a loader packs each block as soon
+    as its fp32 tensors are in, so the whole model never exists in fp32). A weight out of the precision's
+    range is refused before any layer of the block changes."""
+    if precision == "fp32":
+        return
+    check_block_range(block, precision)
+    for parent, name in LINEARS:
+        linear = getattr(getattr(block, parent), name)
+        setattr(getattr(block, parent), name, packed(precision, linear.weight, linear.bias))
+
+
+@torch.no_grad()
+def pack_head(model: GPT2, precision: str) -> None:
+    """The head in `precision` (a tied head gets its own packed copy of `wte`); records the precision."""
+    if precision != "fp32":
+        model.lm_head = packed(head_precision(precision), model.head_weight, None)
+    model.runtime.precision = precision
 
 
 def weight_bytes_per_token(model: GPT2) -> int:

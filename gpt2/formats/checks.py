@@ -52,16 +52,31 @@ def check_source_tensors(
             raise CheckpointError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, expected {shape}")
 
 
-def build_model(state: dict[str, torch.Tensor], config: GPT2Config, source: str) -> GPT2:
-    """Check `state` (our module names, Linear weights `[out, in]`) against `config` and load it (fp32, CPU).
-
-    Every problem is reported with the tensor's name and both shapes; nothing is guessed or padded.
-    """
+def check_vocabulary(config: GPT2Config, source: str) -> None:
     if config.n_vocab != GPT2_VOCAB:
         raise CheckpointError(
             f"{source}: the model has a vocabulary of {config.n_vocab} tokens, but the app serves GPT-2's "
             f"tokenizer with {GPT2_VOCAB}; such a model cannot be served faithfully"
         )
+
+
+def checked_tensor(key: str, t: torch.Tensor, source: str) -> torch.Tensor:
+    """`t` as an fp32 CPU tensor, or a CheckpointError if it is not a float tensor of finite values."""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{source}: {key} has dtype {t.dtype}, expected a floating-point tensor")
+    t = t.detach().to("cpu", torch.float32).contiguous()
+    # A NaN or inf weight means a corrupt file or a diverged run; serving it would only print garbage.
+    if not torch.isfinite(t).all():
+        raise CheckpointError(f"{source}: {key} contains NaN or infinite values")
+    return t
+
+
+def build_model(state: dict[str, torch.Tensor], config: GPT2Config, source: str) -> GPT2:
+    """Check `state` (our module names, Linear weights `[out, in]`) against `config` and load it (fp32, CPU).
+
+    Every problem is reported with the tensor's name and both shapes; nothing is guessed or padded.
+    """
+    check_vocabulary(config, source)
     want = expected_shapes(config)
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
@@ -75,13 +90,7 @@ def build_model(state: dict[str, torch.Tensor], config: GPT2Config, source: str)
         t = state[key]
         if tuple(t.shape) != shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(t.shape)}, expected {shape}")
-        if not t.is_floating_point():
-            raise CheckpointError(f"{source}: {key} has dtype {t.dtype}, expected a floating-point tensor")
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        # A NaN or inf weight means a corrupt file or a diverged run; serving it would only print garbage.
-        if not torch.isfinite(t).all():
-            raise CheckpointError(f"{source}: {key} contains NaN or infinite values")
-        tensors[key] = t
+        tensors[key] = checked_tensor(key, t, source)
     with torch.device("meta"):
         model = GPT2(config)
     model.load_state_dict(tensors, strict=True, assign=True)

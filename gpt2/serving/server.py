@@ -2,7 +2,7 @@
 one streaming driver that turns a request into updates for a UI or an API. No Gradio in here (`app.py`
 is layout and wiring over this module), so all of it is testable without a web server.
 
-    ModelRegistry   converted models by display name, loaded on first use in the serving precision
+    ModelRegistry   models by name, loaded on first use (in the background, within the memory there is)
     Server          per model a `BatchScheduler` (or one sequence at a time), and `stream(...)`, which
                     yields a `Progress` about every `interval` seconds: the texts so far, live numbers,
                     and with `with_probs` what the model thought of each token and of the prompt
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..decoding.batch import BatchScheduler
 from ..decoding.generate import run_request
+from ..decoding.params import API_DEFAULTS, SERVING, Limits, takes
 from ..decoding.probs import (
     PromptProbs,
     TokenProbs,
@@ -27,52 +28,24 @@ from ..decoding.probs import (
     first_token_score,
     token_probs,
 )
-from ..decoding.request import SERVING, Limits, Request
+from ..decoding.request import Request
 from ..decoding.sequence import Step, prompt_ids
 from ..model import GPT2
 from .registry import ModelRegistry
 
 YIELD_INTERVAL = 1 / 15  # seconds between updates: smooth to read, cheap to send
 MAX_UPDATES_PER_SECOND = 30  # all streams together (see Server.update_interval)
-# The API's defaults, which the UI's controls start from too.
-DEFAULTS: dict[str, float] = {
-    "max_new_tokens": 100,
-    "temperature": 1.0,
-    "top_k": 40,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "n": 1,
-}
+DEFAULTS = API_DEFAULTS  # the API's defaults, which the page's controls start from too
 
 
+@takes(api=True)
 def make_request(
-    registry: ModelRegistry,
-    prompt: object,
-    max_new_tokens: object = DEFAULTS["max_new_tokens"],
-    temperature: object = DEFAULTS["temperature"],
-    top_k: object = DEFAULTS["top_k"],
-    top_p: object = DEFAULTS["top_p"],
-    repetition_penalty: object = DEFAULTS["repetition_penalty"],
-    seed: object = None,
-    stop: object = None,
-    model: object = None,
-    n: object = 1,
-    limits: Limits = SERVING,
+    registry: ModelRegistry, *, limits: Limits = SERVING, **options: object
 ) -> tuple[Request, str]:
-    """Check everything a client sent (the API's parameters, in the API's order); the model's name."""
-    request = Request.create(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        stop=stop,
-        n=n,
-        limits=limits,
-    )
-    return request, registry.check_name(model)
+    """Check everything a client sent (the declared parameters, in the API's order, with the API's
+    defaults) against `limits`; the request and the model's name."""
+    model = options.pop("model")
+    return Request.create(**options, limits=limits), registry.check_name(model)
 
 
 def parse_stop_text(text: str | None) -> list[str]:
@@ -88,9 +61,10 @@ class Progress:
     """What a client sees at an update: each sample's text so far and live numbers."""
 
     request: Request
-    model: str
-    device: str
+    model: str  # the name clients send
+    device: str  # what it runs on
     n_prompt: int
+    label: str = ""  # the model as people read it, with its precision: "GPT-2 XL · 1558M · int4"
     texts: list[str] = field(default_factory=list)
     n_new: int = 0  # tokens generated, all samples together
     elapsed: float = 0.0
@@ -161,6 +135,7 @@ class Server:
         self._lock = threading.Lock()
         self._streaming = 0  # streams open now (all models)
         registry.loaded_hooks.append(self._model_changed)
+        registry.budget.slots = max_batch  # each model's KV budget: a full batch of texts
 
     def update_interval(self) -> float:
         """Seconds between one stream's updates: `interval`, longer when many streams are open, so the
@@ -211,17 +186,23 @@ class Server:
         With `with_probs`, each token is inspected from the logits its step already carries, and the prompt
         is scored from the prefill's own logits (one forward pass for both).
         """
+        # Kept loaded (never unloaded to make room for another) until the stream ends; a model still
+        # loading is waited for, and the clock starts when it is ready.
+        with self.registry.using(name) as model:
+            yield from self._stream(model, request, name, with_probs)
+
+    def _stream(self, model: GPT2, request: Request, name: str, with_probs: bool) -> Iterator[Progress]:
         registry = self.registry
         tokenizer = registry.tokenizer
         start = time.perf_counter()
-        model = registry.get(name)
         ids = prompt_ids(tokenizer, request.prompt)
         n = request.n
         progress = Progress(
             request,
             name,
-            registry.device_label,
+            registry.device,
             n_prompt=len(ids),
+            label=registry.label(name),
             texts=[""] * n,
             finish_reasons=[None] * n,
             tokens=[[] for _ in range(n)] if with_probs else [],
