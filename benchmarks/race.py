@@ -256,7 +256,8 @@ def record(args, env: dict, config: GPT2Config, timings: dict, info: dict, rss: 
         "weights": "random" if not args.weights else Path(args.weights).name,
         "llama_note": args.llama_note,
     }
-    return {"benchmark": "decode", "environment": env, "settings": settings, "variants": rows}
+    name = "decode" if args.size == "124M" else f"decode-{args.size}"  # its results file and README block
+    return {"benchmark": name, "environment": env, "settings": settings, "variants": rows}
 
 
 def print_race(rec: dict) -> None:

@@ -192,7 +192,8 @@ RENDERERS = {"decode": render_decode, "serving": render_serving, "sizes": render
 
 
 def render(name: str, record: dict) -> str:
-    return RENDERERS[name](record)
+    """The table of results file `name`; "decode-1558M" is rendered like "decode"."""
+    return RENDERERS[name.split("-")[0]](record)
 
 
 def render_document(text: str, directory: Path = RESULTS) -> str:
@@ -200,7 +201,7 @@ def render_document(text: str, directory: Path = RESULTS) -> str:
 
     def block(m: re.Match) -> str:
         name = m.group(2)
-        if name not in RENDERERS:
+        if name.split("-")[0] not in RENDERERS:
             raise SystemExit(f"unknown results block {name!r}; known: {', '.join(RENDERERS)}")
         return f"{m.group(1)}{render(name, load(name, directory))}\n{m.group(4)}"
 

@@ -163,7 +163,7 @@ class GPT2(nn.Module):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for hidden states `x` `(..., C)`: `x @ wte.T` (tied), or the model's own head module
-        (an untied checkpoint's, or the packed copy a bf16/int8 load makes of the tied one)."""
+        (an untied checkpoint's, or the packed copy a packed load makes of the tied one)."""
         return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]

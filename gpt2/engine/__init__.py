@@ -18,7 +18,7 @@ import torch
 
 from . import build, memory
 from .binding import HEAD_DIMS, Engine
-from .precision import PRECISIONS, check_precision, quantize
+from .precision import PRECISIONS, check_precision, head_precision, quantize
 
 __all__ = ["PRECISIONS", "Engine", "attach", "check_precision", "describe", "prepare", "quantize"]
 
@@ -29,12 +29,16 @@ def unsupported_reason(model) -> str | None:
     if model.wte.weight.device.type != "cpu":
         return f"the model is on {model.wte.weight.device}, the engine runs on the CPU"
     if model.wte.weight.dtype != torch.float32:
-        return f"the model computes in {model.wte.weight.dtype}; the engine takes fp32, bf16 or int8 weights"
+        return (
+            f"the model computes in {model.wte.weight.dtype}; the engine takes fp32 models, packed or not "
+            f"({', '.join(PRECISIONS)})"
+        )
     if c.head_dim not in HEAD_DIMS or c.n_embd % 64:
         return (
             f"head size {c.head_dim} / width {c.n_embd} (needs a head size in {HEAD_DIMS}, width % 64 == 0)"
         )
-    return build.unavailable_reason(model.runtime.precision)
+    precision = model.runtime.precision
+    return build.unavailable_reason(precision) or build.unavailable_reason(head_precision(precision))
 
 
 def attach(model, required: bool = False) -> str | None:
@@ -54,16 +58,19 @@ def describe(model) -> str:
     """One line for logs: which path decodes this model, and why when it is not the engine."""
     rt = model.runtime
     pages = ", weights in 2 MB pages" if rt.huge_page_bytes else ""
+    head = head_precision(rt.precision)
+    precision = rt.precision if head == rt.precision else f"{rt.precision} (head {head})"
     if rt.engine is not None:
-        return f"native engine (gpt2/engine/csrc/decode.c), {rt.precision}{pages}"
+        return f"native engine (gpt2/engine/csrc/decode.c), {precision}{pages}"
     reason = unsupported_reason(model) or "not attached"
-    return f"PyTorch, {rt.precision}{pages} ({reason})"
+    return f"PyTorch, {precision}{pages} ({reason})"
 
 
 def prepare(model, precision: str = "fp32", engine: bool | None = None):
     """Make `model` ready to serve in `precision` (in place): pack its linear layers, put the weights in
     huge pages where the OS has them, bind the engine (None = where it runs, True = insist, False = not).
-    A bf16/int8 model without the engine warns once: those precisions exist to be fast."""
+    A packed model (bf16, f16, int8, int4) without the engine warns once: those precisions exist to be
+    fast."""
     quantize(model, precision)
     model.runtime.huge_page_bytes = memory.place(model)
     memory.release_free_memory()

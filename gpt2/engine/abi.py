@@ -16,11 +16,22 @@ from . import cpu
 
 # decode.c's GPT2_ABI_VERSION: the structs below, the entry points and the error codes. A library that
 # reports another number is never called (a stale build, or a source edited without updating this).
-ABI_VERSION = 4
-PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2}
-FEATURE_BITS = {"fp32": 1, "bf16": 2, "int8": 4}
-# The storage dtype of a linear layer's weight in each precision (row-major [out, in]).
-WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+ABI_VERSION = 5
+# A linear layer's precision (decode.c's PREC_*, the `precision` field of `Linear`); gpt2_features() sets
+# bit (1 << code) for each precision the build runs.
+PRECISION_CODES = {"fp32": 0, "bf16": 1, "int8": 2, "f16": 3, "int4": 4}
+FEATURE_BITS = {name: 1 << code for name, code in PRECISION_CODES.items()}
+# How a linear layer is stored in each precision: its weight's dtype (row-major [out, in]; int4: two
+# 4-bit codes a byte, [out, in / 2]) and its scales' dtype (None: it has none). See `linear_shapes`.
+WEIGHT_DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "f16": torch.float16,
+    "int8": torch.int8,
+    "int4": torch.uint8,
+}
+SCALE_DTYPES = {"int8": torch.float32, "int4": torch.float16}
+INT4_GROUP = 32  # decode.c's GROUP4: inputs of a row per int4 scale
 # gpt2_required_isa()'s bits, as /proc/cpuinfo names the extensions.
 ISA_FLAGS = (
     "avx2",
@@ -42,7 +53,7 @@ ERRORS = {
     -1: "a required pointer was NULL",
     -2: "the model's sizes are not ones the engine runs (n_embd a multiple of 64, head_dim 16/32/48/64)",
     -3: "a weight's shape does not match the model",
-    -4: "the precision is unknown or not built for this CPU",
+    -4: "a linear layer's precision is unknown or not built for this CPU",
     -5: "the token count is below 1 or logits_from is outside [0, n]",
     -6: "the cache's shape or strides do not fit the model",
     -7: "a token id is outside the vocabulary",
@@ -59,6 +70,14 @@ def error_message(rc: int) -> str:
     return f"{ERRORS.get(rc, 'unknown error')} (code {rc})"
 
 
+def linear_shapes(precision: str, out: int, in_: int) -> tuple[tuple, tuple | None]:
+    """The shapes of an `[out, in_]` linear layer's weight and scales (None: none) in `precision`:
+    int8 one scale per output row; int4 codes two a byte and one scale per INT4_GROUP inputs of a row."""
+    if precision == "int4":
+        return (out, in_ // 2), (out, in_ // INT4_GROUP)
+    return (out, in_), ((out,) if precision == "int8" else None)
+
+
 class Linear(ctypes.Structure):
     _fields_ = [
         ("w", ctypes.c_void_p),
@@ -66,6 +85,7 @@ class Linear(ctypes.Structure):
         ("bias", ctypes.c_void_p),
         ("out", ctypes.c_int64),
         ("in_", ctypes.c_int64),
+        ("precision", ctypes.c_int64),
     ]
 
 
@@ -89,7 +109,6 @@ class Model(ctypes.Structure):
         ("n_head", ctypes.c_int64),
         ("n_vocab", ctypes.c_int64),
         ("n_ctx", ctypes.c_int64),
-        ("precision", ctypes.c_int64),
         ("wte", ctypes.c_void_p),
         ("wpe", ctypes.c_void_p),
         ("lnf_w", ctypes.c_void_p),
@@ -143,7 +162,7 @@ def declare(lib: ctypes.CDLL) -> None:
         ctypes.c_int,
     ]
     lib.gpt2_linear.restype = ctypes.c_int
-    lib.gpt2_linear.argtypes = [ctypes.POINTER(Linear), i64, ptr, i64, ptr, ctypes.c_int]
+    lib.gpt2_linear.argtypes = [ctypes.POINTER(Linear), ptr, i64, ptr, ctypes.c_int]
 
 
 def required_extensions(lib: ctypes.CDLL) -> list[str]:
@@ -172,4 +191,4 @@ def check_library(lib: ctypes.CDLL) -> None:
         march = os.environ.get(MARCH_ENV, "native")
         raise RuntimeError(f"built with -march={march} for {', '.join(missing)}, which this CPU lacks")
     if lib.gpt2_features() == 0:
-        raise RuntimeError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 with FMA")
+        raise RuntimeError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 with FMA (each with F16C)")

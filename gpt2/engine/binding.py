@@ -30,8 +30,8 @@ from . import abi, build
 # 160/164, 96: 222/219, 128: 289/273; int8 512: 1014/1013, 768: 1616/1682, 1000: 2468/2325 (a tie: left as
 # it was). AVX-512 (Xeon, Sapphire Rapids class): bf16 64: 66/75, 96: 98/92; int8 192: 159/159, 256: 215/209.
 PROMPT_MAX = {
-    512: {"fp32": 32, "bf16": 80, "int8": 192},
-    256: {"fp32": 96, "bf16": 80, "int8": 1024},
+    512: {"fp32": 32, "bf16": 80, "f16": 80, "int8": 192, "int4": 192},
+    256: {"fp32": 96, "bf16": 80, "f16": 80, "int8": 1024, "int4": 1024},
 }
 HEAD_DIMS = (16, 32, 48, 64)
 
@@ -48,6 +48,36 @@ def check_tensor(name: str, t: object, shape: tuple, dtype: torch.dtype) -> None
         raise ValueError(f"native {name} must have shape {shape}, got {tuple(t.shape)}")
     if not t.is_contiguous():
         raise ValueError(f"native {name} must be contiguous")
+
+
+# What a scaled precision's `scale` holds (for messages).
+SCALES = {
+    "int8": "one fp32 scale per output row",
+    "int4": f"f16 scales, one per {abi.INT4_GROUP} inputs of a row",
+}
+
+
+def check_linear(name: str, precision: str, weight, scale, bias, out: int, in_: int) -> None:
+    """An `[out, in_]` linear layer's tensors are what C reads for `precision` (`abi.linear_shapes`): the
+    weight's and scales' dtypes and shapes, an fp32 bias or none, all contiguous on the CPU."""
+    w_shape, s_shape = abi.linear_shapes(precision, out, in_)
+    check_tensor(f"{name} weight", weight, w_shape, abi.WEIGHT_DTYPES[precision])
+    if (scale is None) != (s_shape is None):
+        need = f"need {SCALES[precision]}" if s_shape else "take no scales"
+        raise ValueError(f"native {name}: {precision} weights {need}")
+    if scale is not None:
+        check_tensor(f"{name} scale", scale, s_shape, abi.SCALE_DTYPES[precision])
+    if bias is not None:
+        check_tensor(f"{name} bias", bias, (out,), torch.float32)
+
+
+def linear_struct(precision: str, weight, scale, bias, out: int, in_: int) -> abi.Linear:
+    """The C view of a linear layer whose tensors passed `check_linear`."""
+
+    def ptr(t: torch.Tensor | None) -> int | None:
+        return None if t is None else t.data_ptr()
+
+    return abi.Linear(ptr(weight), ptr(scale), ptr(bias), out, in_, abi.PRECISION_CODES[precision])
 
 
 def _index_tensor(name: str, t: object, n: int | None) -> torch.Tensor:
@@ -69,20 +99,33 @@ class NativeModel:
     """The native engine bound to one model's weights (`native_spec`): pointers, no copies.
 
     `layers` hold `(weight, scale, bias)` triples under attn, proj, fc, mlp and LayerNorm pairs under
-    ln_1, ln_2; weights are row-major `[out, in]` contiguous tensors in the precision's storage dtype
-    (fp32, bf16, int8 with fp32 per-row scales). The tensors must stay alive as long as this object: it
-    keeps references to them. Every shape and dtype is checked here against `config`, once.
+    ln_1, ln_2; weights and scales are contiguous tensors in `precision`'s storage (`abi.WEIGHT_DTYPES`,
+    `abi.linear_shapes`: fp32, bf16 or f16 `[out, in]`; int8 with fp32 per-row scales; int4 codes
+    `[out, in / 2]` with f16 scales per 32 inputs). The head is a triple in `head_precision` (the
+    blocks' precision unless given: an int4 model has an int8 head). The tensors must stay alive as long
+    as this object: it keeps references to them. Every shape and dtype is checked here against `config`,
+    once.
     """
 
     def __init__(
-        self, precision: str, config, wte, wpe, layers: list[dict], ln_f: tuple, head: tuple
+        self,
+        precision: str,
+        config,
+        wte,
+        wpe,
+        layers: list[dict],
+        ln_f: tuple,
+        head: tuple,
+        head_precision: str | None = None,
     ) -> None:
-        if precision not in abi.PRECISION_CODES:
-            raise ValueError(
-                f"native precision must be one of {', '.join(abi.PRECISION_CODES)}, got {precision!r}"
-            )
-        if not build.available(precision):
-            raise RuntimeError(f"native engine unavailable: {build.unavailable_reason(precision)}")
+        head_precision = precision if head_precision is None else head_precision
+        for p in (precision, head_precision):
+            if p not in abi.PRECISION_CODES:
+                raise ValueError(
+                    f"native precision must be one of {', '.join(abi.PRECISION_CODES)}, got {p!r}"
+                )
+            if not build.available(p):
+                raise RuntimeError(f"native engine unavailable: {build.unavailable_reason(p)}")
         C, nh = config.n_embd, config.n_head
         if C % 64 or C % nh or C // nh not in HEAD_DIMS:
             raise ValueError(
@@ -95,7 +138,7 @@ class NativeModel:
         self._keep: list[torch.Tensor] = []
         # The MLP's width (4 C in GPT-2), taken from the first fc weight; every layer is checked against it.
         fc_w = layers[0]["fc"][0] if layers else None
-        inner = fc_w.shape[0] if isinstance(fc_w, torch.Tensor) and fc_w.dim() == 2 else 4 * C
+        inner = fc_w.shape[0] if isinstance(fc_w, torch.Tensor) and fc_w.dim() == 2 else 4 * C  # [out, ...]
         if inner % 64:
             raise ValueError(f"native engine needs the MLP width to be a multiple of 64, got {inner}")
         self._layers = (abi.Layer * len(layers))()
@@ -117,12 +160,11 @@ class NativeModel:
             nh,
             config.n_vocab,
             config.n_ctx,
-            abi.PRECISION_CODES[precision],
             self._keep_ptr("wte", wte, (config.n_vocab, C)),
             self._keep_ptr("wpe", wpe, (config.n_ctx, C)),
             self._keep_ptr("ln_f weight", ln_f[0], (C,)),
             self._keep_ptr("ln_f bias", ln_f[1], (C,)),
-            self._linear(precision, "head", head, config.n_vocab, C),
+            self._linear(head_precision, "head", head, config.n_vocab, C),
             self._layers,
         )
 
@@ -132,13 +174,9 @@ class NativeModel:
         return t.data_ptr()
 
     def _linear(self, precision: str, name: str, triple: tuple, out: int, in_: int) -> abi.Linear:
-        w, scale, bias = triple
-        w_ptr = self._keep_ptr(f"{name} weight", w, (out, in_), abi.WEIGHT_DTYPES[precision])
-        if (scale is None) != (precision != "int8"):
-            raise ValueError(f"native {name}: int8 weights need per-row fp32 scales, others none")
-        s_ptr = None if scale is None else self._keep_ptr(f"{name} scale", scale, (out,))
-        b_ptr = None if bias is None else self._keep_ptr(f"{name} bias", bias, (out,))
-        return abi.Linear(w_ptr, s_ptr, b_ptr, out, in_)
+        check_linear(name, precision, *triple, out, in_)
+        self._keep.extend(t for t in triple if t is not None)
+        return linear_struct(precision, *triple, out, in_)
 
     def _cache(self, k: torch.Tensor, v: torch.Tensor) -> abi.Cache:
         """The C view of a KV cache, after checking its memory is what C will walk: fp32 on the CPU, one
@@ -192,8 +230,8 @@ class NativeModel:
 
 
 def native_spec(model) -> dict:
-    """`NativeModel`'s tensors for a `GPT2`: its own weights (row-major `[out, in]`, in the storage of its
-    precision, int8 with per-row scales), fp32 vectors — views, not copies."""
+    """`NativeModel`'s arguments after the precision for a `GPT2`: its own weights in the storage of
+    their precision (`gpt2.engine.precision`), the head's precision, fp32 vectors — views, not copies."""
 
     def linear(module: torch.nn.Module) -> tuple:
         bias = None if module.bias is None else module.bias.detach().float().contiguous()
@@ -220,6 +258,7 @@ def native_spec(model) -> dict:
         layers=layers,
         ln_f=norm(model.ln_f),
         head=head,
+        head_precision=getattr(model.lm_head, "precision", "fp32"),  # nn.Linear or tied: fp32
     )
 
 

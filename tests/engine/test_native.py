@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import WIDE, random_model
+from helpers.models import ACT_TOL, REL_TOL, WIDE, random_model
 from helpers.reference import hf_from_ours, hf_logits
 from helpers.stepping import decode_one, decode_rows, prefill
 
@@ -22,19 +22,11 @@ from gpt2.engine import abi, binding, build, cpu, gemm, threads
 from gpt2.engine.binding import native_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-TOL = 1e-4  # fp32, as tests/spec/test_model.py
-# max |Δ| / max |fp32 logits| against the fp32 model: what rounding the weights costs. Measured on
-# random 768-wide weights (docs/engine.md): bf16 ~3e-3, int8 ~1e-2 (2 layers); 12 layers alike.
-REL_TOL = {"fp32": 1e-5, "bf16": 1e-2, "int8": 3e-2}
-# ... and against the same rounded weights computed in fp32: what the activations' precision costs.
-# bf16 weights are widened and multiplied with fp32 activations on every CPU (~1e-6); int8's 16-bit
-# codes per 64 values cost ~1e-5. Rounding activations to bf16 or int8 instead would show up here as
-# 1e-3 and more.
-ACT_TOL = {"fp32": 1e-5, "bf16": 1e-5, "int8": 2e-4}
+TOL = 1e-4  # fp32, as tests/spec/test_model.py (REL_TOL, ACT_TOL: the other precisions, in helpers/models.py)
 
 FLAGS = cpu.flags() or set()
 AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= FLAGS
-AVX2 = {"avx2", "fma"} <= FLAGS
+AVX2 = {"avx2", "fma", "f16c"} <= FLAGS
 MARCH = os.environ.get(abi.MARCH_ENV, "native")
 needs_native = pytest.mark.skipif(
     not build.available("fp32"), reason=f"native engine unavailable: {build.unavailable_reason()}"
@@ -114,6 +106,20 @@ def with_engine(model: GPT2, precision: str = "fp32") -> GPT2:
     return prepare(copy.deepcopy(model), precision, engine=True)
 
 
+@pytest.fixture(scope="module")
+def wide_in(wide_model):
+    """`with_engine(wide_model, precision)`, packed once per precision for this module's tests (which only
+    read the model)."""
+    made: dict[str, GPT2] = {}
+
+    def get(precision: str = "fp32") -> GPT2:
+        if precision not in made:
+            made[precision] = with_engine(wide_model, precision)
+        return made[precision]
+
+    return get
+
+
 def run_sequence(runner, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Logits at positions prompt_len-1 .. len-2: one prefill, then one decode step per token."""
     cache = runner.new_cache(max_len=seq.shape[0])
@@ -182,11 +188,11 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_native_precisions_within_tolerance(wide_model, precision):
+def test_native_precisions_within_tolerance(wide_model, wide_in, precision):
     """Each precision within its tolerance of the fp32 model, and its error all from the weights: against
     the same rounded weights computed in fp32 it is ~100x closer (the activations stay precise)."""
     seq = torch.randint(0, WIDE.n_vocab, (60,), generator=torch.Generator().manual_seed(5))
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     assert runner.runtime.precision == precision and runner.runtime.engine is not None
     got = run_sequence(runner, seq, 10)
     with torch.no_grad():
@@ -200,12 +206,12 @@ def test_native_precisions_within_tolerance(wide_model, precision):
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision):
+def test_batched_rows_are_bit_identical_to_each_row_alone(wide_in, precision):
     """Rows at different positions in scattered slots: each row's logits equal, to the bit, what it gets
     decoded alone, whatever the batch holds and however many threads run (no cross-talk, no reordering)."""
     if not build.available(precision):
         pytest.skip(build.unavailable_reason(precision))
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     g = torch.Generator().manual_seed(8)
     lengths, slots = (7, 3, 12, 5, 9, 2), (5, 0, 2, 6, 1, 3)
     seqs = [torch.randint(0, WIDE.n_vocab, (n,), generator=g) for n in lengths]
@@ -232,10 +238,10 @@ def test_batched_rows_are_bit_identical_to_each_row_alone(wide_model, precision)
 
 
 @needs_native
-def test_engine_serves_callers_on_any_thread_at_once(wide_model):
+def test_engine_serves_callers_on_any_thread_at_once(wide_in):
     """The engine's threads are one pool for the process: callers on several threads at once (a server's
     workers, a scheduler) each get exactly what they get alone, and nobody waits forever."""
-    runner = with_engine(wide_model)
+    runner = wide_in()
     g = torch.Generator().manual_seed(3)
     seqs = [torch.randint(0, WIDE.n_vocab, (12,), generator=g) for _ in range(4)]
     want = [run_sequence(runner, seq, 5) for seq in seqs]
@@ -266,12 +272,12 @@ def _decode_in_child(runner, seq, conn) -> None:
 
 
 @needs_native
-def test_engine_runs_in_a_forked_child(wide_model):
+def test_engine_runs_in_a_forked_child(wide_in):
     """A forked child (multiprocessing's default on Linux) has none of its parent's engine threads: its
     first step starts its own instead of waiting for threads that are not there."""
     import multiprocessing as mp
 
-    runner = with_engine(wide_model)
+    runner = wide_in()
     seq = torch.randint(0, WIDE.n_vocab, (12,), generator=torch.Generator().manual_seed(4))
     want = run_sequence(runner, seq, 5)  # the parent's pool is started
     parent, child = mp.get_context("fork").Pipe()
@@ -347,11 +353,11 @@ def _bad_calls(n_vocab: int, k: torch.Tensor, v: torch.Tensor) -> list[tuple[str
 
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_native_refuses_bad_arguments_without_crashing(wide_model, precision):
+def test_native_refuses_bad_arguments_without_crashing(wide_in, precision):
     """Every malformed call is a ValueError that says what is wrong: the binding refuses what C cannot
     see (types, lengths, layouts) before calling it, C refuses out-of-range values before touching
     anything; the engine and the cache are untouched and decoding gives the same logits afterwards."""
-    runner = with_engine(wide_model, precision)
+    runner = wide_in(precision)
     cache = runner.new_cache(batch_size=2, max_len=8)
     prefill(runner, torch.tensor([[5, 6, 7]]), cache)
     before = runner.runtime.engine.native.forward(
@@ -370,23 +376,34 @@ def test_native_refuses_bad_arguments_without_crashing(wide_model, precision):
     assert torch.equal(before, after)
 
 
+PACKED = [p for p in PRECISIONS if p != "fp32"]
+
+
 def packed_layer(precision: str, out: int, in_: int, bias: bool, seed: int = 0):
-    from gpt2.engine.precision import Bf16Linear, Int8Linear
+    from gpt2.engine.precision import Bf16Linear, F16Linear, Int4Linear, Int8Linear
 
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(out, in_, generator=g) * 0.05, torch.randn(out, generator=g)
-    return (Bf16Linear if precision == "bf16" else Int8Linear)(w, b if bias else None)
+    cls = {"bf16": Bf16Linear, "f16": F16Linear, "int8": Int8Linear, "int4": Int4Linear}[precision]
+    return cls(w, b if bias else None)
 
 
 @needs_native
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", PACKED)
 def test_native_linear_within_rounding_of_widening(precision):
     """gpt2_linear, which PyTorch's path uses for packed layers: from 16 rows a blocked GEMM, below that
     the decode kernels. Either way what widening the weight and `F.linear` give, up to the order of the
-    sums (and, int8 with few rows, the decode kernels' 16-bit activation codes); sizes that fill no whole
-    block (rows, outputs) and 3-D inputs included."""
+    sums (and, int8/int4 with few rows, the decode kernels' 16-bit activation codes); sizes that fill no
+    whole block (rows, outputs), rows of 1600 inputs (int4: a chunk of scales and a partial vector of
+    them) and 3-D inputs included."""
     g = torch.Generator().manual_seed(1)
-    for out, in_, bias in ((100, 64, True), (2304, 768, True), (37, 3072, False), (50, 128, False)):
+    for out, in_, bias in (
+        (100, 64, True),
+        (2304, 768, True),
+        (37, 3072, False),
+        (50, 128, False),
+        (9, 1600, True),
+    ):
         lin = packed_layer(precision, out, in_, bias)
         for rows in (1, 5, 15, 16, 37, 200):
             x = torch.randn(rows, in_, generator=g)
@@ -404,33 +421,46 @@ def test_native_linear_within_rounding_of_widening(precision):
 def test_native_linear_refuses_bad_arguments():
     """Python says what does not fit before calling C; called directly, C refuses with a code and
     writes nothing."""
-    lin8, lin16 = packed_layer("int8", 32, 64, True), packed_layer("bf16", 32, 64, True)
+    lin8, lin16, lin4 = (packed_layer(p, 32, 64, True) for p in ("int8", "bf16", "int4"))
     x = torch.randn(3, 64)
     bad = [
         ("fp32 CPU tensor", (x.double(), lin16.weight, None, lin16.bias)),
-        ("end in 64 features", (torch.randn(3, 48), lin16.weight, None, lin16.bias)),
-        ("bf16 or int8 weights", (x, lin16.weight.float(), None, lin16.bias)),
-        ("per-row fp32 scales", (x, lin8.weight, None, lin8.bias)),
-        ("per-row fp32 scales", (x, lin16.weight, lin8.scale, lin16.bias)),
+        ("multiple of 64 features", (torch.randn(3, 48), lin16.weight, None, lin16.bias)),
+        ("linear weight must have shape", (torch.randn(3, 128), lin16.weight, None, lin16.bias)),
+        (
+            "takes torch.bfloat16, torch.float16, torch.int8, torch.uint8 weights",
+            (x, lin16.weight.float(), None, None),
+        ),
+        ("int8 weights need one fp32 scale per output row", (x, lin8.weight, None, lin8.bias)),
+        ("bf16 weights take no scales", (x, lin16.weight, lin8.scale, lin16.bias)),
         (r"scale must have shape \(32,\)", (x, lin8.weight, lin8.scale[:16], lin8.bias)),
         ("bias must be torch.float32", (x, lin16.weight, None, lin16.bias.double())),
         ("2-D", (x, lin16.weight[None], None, lin16.bias)),
+        # int4: uint8 codes [out, in / 2] and f16 scales [out, in / 32]
+        ("int4 weights need f16 scales, one per 32 inputs", (x, lin4.weight, None, lin4.bias)),
+        (r"linear weight must have shape \(32, 32\)", (x, lin4.weight.repeat(1, 2), lin4.scale, None)),
+        # int8 codes are int8 weights: [out, in]
+        (r"weight must have shape \(32, 64\), got \(32, 32\)", (x, lin4.weight.view(torch.int8), None, None)),
+        (r"linear scale must have shape \(32, 2\)", (x, lin4.weight, lin4.scale[:, :1], None)),
+        ("linear scale must be torch.float16", (x, lin4.weight, lin4.scale.float(), None)),
     ]
     for message, args in bad:
         with pytest.raises(ValueError, match=message):
             gemm.linear(*args)
     lib = build.library()
-    y = torch.zeros(3, 32)
+    y, rows = torch.zeros(3, 32), x.data_ptr()
 
-    scales, rows = lin8.scale.data_ptr(), x.data_ptr()
+    def call(lin=lin8, n=3, precision=2, in_=64, scale=True, xp=rows):
+        s = lin.scale.data_ptr() if scale and lin.scale is not None else None
+        spec = abi.Linear(lin.weight.data_ptr(), s, None, 32, in_, precision)
+        return lib.gpt2_linear(ctypes.byref(spec), xp, n, y.data_ptr(), 1)
 
-    def call(n=3, precision=2, in_=64, scale=scales, xp=rows):
-        spec = abi.Linear(lin8.weight.data_ptr(), scale, None, 32, in_)
-        return lib.gpt2_linear(ctypes.byref(spec), precision, xp, n, y.data_ptr(), 1)
-
-    got = [call(xp=None), call(n=0), call(precision=0), call(precision=9), call(in_=48), call(scale=None)]
-    assert got == [-1, -5, -4, -4, -3, -3]
+    got = [call(xp=None), call(n=0), call(precision=0), call(precision=9), call(precision=-1)]
+    got += [call(in_=48), call(scale=False), call(lin=lin4, precision=4, scale=False), call(in_=32)]
+    assert got == [-1, -5, -4, -4, -4, -3, -3, -3, -3]
     assert y.abs().sum() == 0 and call() == 0 and y.abs().sum() > 0
+    y.zero_()
+    assert call(lin=lin4, precision=4) == 0 and y.abs().sum() > 0
 
 
 @needs_native
@@ -451,7 +481,7 @@ def test_the_c_side_checks_again():
     """Called directly (as a caller skipping Python's checks would), gpt2_forward refuses with a code
     from abi.ERRORS and writes nothing."""
     config = GPT2Config(n_ctx=16, n_embd=64, n_head=4, n_layer=1)
-    eng = with_engine(random_model(config), "int8").runtime.engine.native
+    eng = with_engine(random_model(config), "int4").runtime.engine.native
     k, v, logits = torch.zeros(1, 2, 4, 8, 16), torch.zeros(1, 2, 4, 8, 16), torch.zeros(1, config.n_vocab)
 
     def call(tokens=(1,), positions=(0,), slots=(0,), n=None, logits_from=0, model=None, **cache_fields):
@@ -473,12 +503,25 @@ def test_the_c_side_checks_again():
             setattr(m, name, value)
         return m
 
-    unscaled_head = abi.Linear(eng._model.head.w, None, None, config.n_vocab, 64)  # int8 needs scales
+    head = eng._model.head  # int8 in an int4 model
+    assert head.precision == abi.PRECISION_CODES["int8"]
+
+    def head_with(**fields) -> abi.Linear:
+        lin = abi.Linear.from_buffer_copy(head)
+        for name, value in fields.items():
+            setattr(lin, name, value)
+        return lin
+
+    layers = (abi.Layer * 1).from_buffer_copy(eng._layers)
+    layers[0].fc.scale = None  # int4 needs its scales
     refused = [
         (-1, call(k=None)),
         (-2, call(model=model_with(n_head=3))),
-        (-3, call(model=model_with(head=unscaled_head))),
-        (-4, call(model=model_with(precision=7))),
+        (-3, call(model=model_with(head=head_with(scale=None)))),  # int8 needs its scales too
+        (-3, call(model=model_with(layers=layers))),
+        (-3, call(model=model_with(head=head_with(in_=128)))),
+        (-4, call(model=model_with(head=head_with(precision=7)))),
+        (-4, call(model=model_with(head=head_with(precision=-1)))),
         (-5, call(n=0)),
         (-5, call(logits_from=2)),
         (-6, call(n_head=2)),
@@ -536,15 +579,68 @@ WEIGHT_CHANGES = {
 
 @needs_native
 @pytest.mark.parametrize("change", list(WEIGHT_CHANGES))
-def test_native_model_checks_its_weights(wide_model, change):
+def test_native_model_checks_its_weights(wide_in, change):
     """NativeModel refuses weights that do not match the config, before any call can use them."""
-    spec = _spec_of(with_engine(wide_model, "bf16"))
+    spec = _spec_of(wide_in("bf16"))
     binding.NativeModel("bf16", WIDE, **spec)  # as the engine builds it: fine
     path, value, message = WEIGHT_CHANGES[change]
     spec["layers"] = [dict(d) for d in spec["layers"]]
     _set(spec, path, value(spec))
     with pytest.raises(ValueError, match=message):
         binding.NativeModel("bf16", WIDE, **spec)
+
+
+def _replace(spec: dict, name: str, part: int, value) -> tuple:
+    """Layer 0's linear `name` with its weight (0), scale (1) or bias (2) replaced."""
+    triple = list(spec["layers"][0][name])
+    triple[part] = value(triple[part])
+    return tuple(triple)
+
+
+# int4 blocks (uint8 codes [out, in / 2], f16 scales [out, in / 32]) and their int8 head (fp32 row scales)
+INT4_CHANGES = {
+    "codes-dtype": (
+        "fc",
+        lambda s: _replace(s, "fc", 0, lambda w: w.view(torch.int8)),
+        "fc weight must be torch.uint8",
+    ),
+    "codes-shape": (
+        "fc",
+        lambda s: _replace(s, "fc", 0, lambda w: w.repeat(1, 2)),
+        r"fc weight must have shape",
+    ),
+    "no-scales": ("proj", lambda s: _replace(s, "proj", 1, lambda _: None), "int4 weights need f16 scales"),
+    "scales-dtype": (
+        "mlp",
+        lambda s: _replace(s, "mlp", 1, lambda c: c.float()),
+        "mlp scale must be torch.float16",
+    ),
+    "scales-shape": (
+        "attn",
+        lambda s: _replace(s, "attn", 1, lambda c: c[:, 1:].contiguous()),
+        r"\(2304, 24\)",
+    ),
+    "head-scales": (None, lambda s: dict(s, head=s["head"][:1] + (None, None)), "int8 weights need one fp32"),
+    "head-as-int4": (None, lambda s: dict(s, head_precision="int4"), "head weight must be torch.uint8"),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("change", list(INT4_CHANGES))
+def test_native_model_refuses_bad_packed_storage(wide_in, change):
+    """Each linear layer is checked in its own precision: an int4 model's codes and scales (dtype, shape)
+    and its int8 head, before C ever sees them."""
+    spec = native_spec(wide_in("int4"))
+    assert spec["head_precision"] == "int8"
+    binding.NativeModel("int4", WIDE, **spec)  # as the engine builds it: fine
+    name, change_spec, message = INT4_CHANGES[change]
+    spec["layers"] = [dict(d) for d in spec["layers"]]
+    if name is None:
+        spec = change_spec(spec)
+    else:
+        spec["layers"][0][name] = change_spec(spec)
+    with pytest.raises(ValueError, match=message):
+        binding.NativeModel("int4", WIDE, **spec)
 
 
 def _probe(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -582,9 +678,12 @@ def test_a_mismatched_library_is_unavailable_with_a_reason(tmp_path, patch, reas
 
 @needs_native
 def test_narrow_precisions_are_used_not_replaced(wide_model):
-    """Where the engine runs bf16 and int8, asking for them gives them on the engine (no fp32 fallback, no
-    warning); with the engine off, bf16/int8 still run (on PyTorch's path) and say why they are not fast."""
+    """Where the engine runs every precision, asking for one gives it on the engine (no fp32 fallback, no
+    warning), and the log line says so (int4 with its int8 head); with the engine off, bf16/int8 still run
+    (on PyTorch's path) and say why they are not fast."""
     import warnings
+
+    from gpt2.engine import describe
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -595,6 +694,8 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
                 and model.runtime.engine is not None
                 and model.runtime.engine.precision == p
             )
+            shown = "int4 (head int8)" if p == "int4" else p
+            assert describe(model).startswith(f"native engine (gpt2/engine/csrc/decode.c), {shown}")
     code = (
         "import warnings, torch\n"
         "from gpt2 import GPT2, GPT2Config, prepare\n"

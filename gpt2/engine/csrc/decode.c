@@ -11,24 +11,30 @@
  *
  * The math is GPT-2's, as in gpt2/model.py: pre-LN blocks, LayerNorm (eps 1e-5, biased variance),
  * tanh-GELU, scaled dot-product attention with a causal view of the cache, tied or untied head.
- * Weights are row-major [out, in] (the layout torch's own matmuls use too, so one copy serves both):
+ * Weights are row-major [out, in] (the layout torch's own matmuls use too, so one copy serves both), each
+ * linear layer in its own precision (an int4 model keeps an int8 head):
  *   fp32  float weights, fp32 activations;
  *   bf16  bf16 weights (uint16 bits). Widened to fp32 in registers (a bf16 is the top half of an fp32)
  *         and multiplied with fp32 activations: only the weights are rounded, and it costs nothing in a
  *         loop that waits on memory. Also on CPUs with AVX512-BF16: vdpbf16ps needs the activations in
  *         bf16 too (split hi + lo to keep their precision: two dot products per weight), which measured
  *         1.6x slower per token than widening on a Sapphire Rapids (docs/engine.md);
+ *   f16   IEEE half weights (uint16 bits), widened with vcvtph2ps (F16C) and used exactly as bf16: three
+ *         more mantissa bits than bf16 for a narrower range (|w| <= 65504, checked when packing);
  *   int8  int8 weights with one fp32 scale per output row; activations become 16-bit integers with one
  *         scale per group of 64 values (finer than bf16's 8-bit mantissa), so only weights are coarse;
- *         int16 x int16 pair products (vpmaddwd, or vpdpwssd with VNNI) summed exactly in int32 lanes.
+ *         int16 x int16 pair products (vpmaddwd, or vpdpwssd with VNNI) summed exactly in int32 lanes;
+ *   int4  4-bit codes with one f16 scale per group of 32 inputs of a row (4.5 bits a weight), two codes
+ *         a byte ([out, in / 2]; layout at tile_int4), scales [out, in / 32]; the same 16-bit activation
+ *         codes and exact int32 sums as int8, one sum per group of 32.
  * The residual stream, LayerNorm, attention and KV cache are fp32 in every mode.
  *
- * gpt2_linear is the one other entry point: a single bf16/int8 layer over many rows (a blocked GEMM that
- * widens the weight while packing it), which PyTorch's path calls for long prompts.
+ * gpt2_linear is the one other entry point: a single packed (bf16/f16/int8/int4) layer over many rows (a
+ * blocked GEMM that widens the weight while packing it), which PyTorch's path calls for long prompts.
  *
- * Built at run time by gpt2/engine/build.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 + FMA
- * gives all three precisions; anything else builds only the entry points below, with gpt2_features()
- * reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
+ * Built at run time by gpt2/engine/build.py for this CPU (-march=native): AVX-512 (F/BW/VL/DQ) or AVX2 +
+ * FMA, each with F16C (every CPU with AVX2 has it), gives all five precisions; anything else builds only
+ * the entry points below, with gpt2_features() reporting 0, and Python keeps its own path. Every argument is checked again here (Python checks them
  * first, with messages): a refused call returns a negative GPT2_E_* code and touches nothing.
  */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
@@ -40,12 +46,14 @@
 
 /* Bumped whenever a struct below, an entry point's signature or the error codes change; gpt2/engine/abi.py
  * holds the same number and will not call a library that reports another. */
-#define GPT2_ABI_VERSION 4
+#define GPT2_ABI_VERSION 5
 
-/* The instruction set the kernels are written for (AVX-512 or AVX2 + FMA); 0 builds no kernels. */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+/* The instruction set the kernels are written for (AVX-512 or AVX2 + FMA, with F16C for f16 and int4's
+ * scales); 0 builds no kernels. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && \
+    defined(__F16C__)
 #define GPT2_ISA 512
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define GPT2_ISA 256
 #else
 #define GPT2_ISA 0
@@ -64,9 +72,10 @@
 #include <unistd.h>
 #endif
 
-enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2 };
-enum { FEAT_FP32 = 1, FEAT_BF16 = 2, FEAT_INT8 = 4 };
-#define GROUP 64 /* int8 mode: activation values per 16-bit scale group; every GPT-2 width is a multiple */
+/* A linear layer's precision; gpt2_features() has bit (1 << code) set for each one this build runs. */
+enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_INT8 = 2, PREC_F16 = 3, PREC_INT4 = 4, N_PREC = 5 };
+#define GROUP 64  /* int8/int4: activation values per 16-bit scale group; every GPT-2 width is a multiple */
+#define GROUP4 32 /* int4: weights of a row per f16 scale (two of them per activation group) */
 
 /* Return codes of gpt2_forward (gpt2/engine/abi.py turns each into a message). */
 enum {
@@ -74,7 +83,7 @@ enum {
     GPT2_E_NULL = -1,      /* a required pointer is NULL */
     GPT2_E_CONFIG = -2,    /* model sizes this engine does not run */
     GPT2_E_WEIGHTS = -3,   /* a linear layer's shape does not match the model */
-    GPT2_E_PRECISION = -4, /* unknown precision, or not built for this CPU */
+    GPT2_E_PRECISION = -4, /* a linear layer's precision is unknown, or not built for this CPU */
     GPT2_E_COUNT = -5,     /* n < 1, or logits_from outside [0, n] */
     GPT2_E_CACHE = -6,     /* the cache's sizes or strides do not fit the model */
     GPT2_E_TOKEN = -7,     /* a token id outside [0, n_vocab) */
@@ -85,10 +94,11 @@ enum {
 };
 
 typedef struct {
-    const void *w;      /* [out, in] row-major: float, bf16 bits (uint16) or int8 */
-    const float *scale; /* int8: [out] per-row scales; else NULL */
-    const float *bias;  /* [out] or NULL */
+    const void *w;     /* [out, in] row-major: float, bf16/f16 bits (uint16), int8; int4: [out, in / 2] bytes */
+    const void *scale; /* int8: float [out] per-row scales; int4: f16 bits [out, in / 32]; else NULL */
+    const float *bias; /* [out] or NULL */
     int64_t out, in;
+    int64_t precision; /* PREC_* */
 } Linear;
 
 typedef struct {
@@ -97,7 +107,7 @@ typedef struct {
 } Layer;
 
 typedef struct {
-    int64_t n_layer, n_embd, n_head, n_vocab, n_ctx, precision;
+    int64_t n_layer, n_embd, n_head, n_vocab, n_ctx;
     const float *wte, *wpe, *lnf_w, *lnf_b; /* wte [n_vocab, n_embd], wpe [n_ctx, n_embd] */
     Linear head;
     const Layer *layers;
@@ -172,8 +182,8 @@ int64_t gpt2_required_isa(void) {
 /* Vector width in bits of the kernels (512, 256), or 0 where none were built. */
 int gpt2_isa(void) { return GPT2_ISA; }
 
-/* Every kernel build runs all three precisions (bf16 and int8 need nothing beyond AVX2 + FMA). */
-int gpt2_features(void) { return GPT2_ISA ? FEAT_FP32 | FEAT_BF16 | FEAT_INT8 : 0; }
+/* Every kernel build runs all five precisions (none needs more than AVX2 + FMA + F16C). */
+int gpt2_features(void) { return GPT2_ISA ? (1 << N_PREC) - 1 : 0; }
 
 #if GPT2_ISA
 
@@ -203,9 +213,21 @@ typedef __m512i vi;
 /* VL bf16 values (uint16 bits) as fp32: zero-extend each to 32 bits and move it to the top half. */
 #define vload_bf16(p)                                                                                        \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vload_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))) /* VL f16 as fp32 */
 #define vizero _mm512_setzero_si512
 #define vload_i16(p) _mm512_loadu_si512((const void *)(p))                           /* 2*VL int16 */
 #define vload_i8_as_i16(p) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(p))) /* 2*VL int8 */
+#define vload_u8_as_i16(p) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p))) /* 2*VL uint8 */
+#define vand_i _mm512_and_si512
+#define vset1_i16 _mm512_set1_epi16
+#define vmadd_i16 _mm512_madd_epi16 /* a0*b0 + a1*b1 per int32 lane */
+/* The first n (<= VL) floats / f16 values at p, zeros after (nothing past them is read); and the first
+ * n / 2 floats, each twice: p0 p0 p1 p1 ... */
+#define vload_n(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define vload_f16_n(p, n) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << (n)) - 1), p))
+#define vload_twice_n(p, n)                                                                                 \
+    _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),                 \
+                          _mm512_castps256_ps512(_mm256_maskz_loadu_ps((__mmask8)((1u << ((n) / 2)) - 1), p)))
 #define vcvt_i32 _mm512_cvtepi32_ps
 #if defined(__AVX512VNNI__)
 #define vdot_i16(acc, a, b) _mm512_dpwssd_epi32(acc, a, b) /* acc + a0*b0 + a1*b1 per int32 lane */
@@ -253,9 +275,21 @@ static inline __m256 vpow2(__m256 p, __m256 n) {
 }
 #define vload_bf16(p)                                                                                        \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define vload_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define vizero _mm256_setzero_si256
 #define vload_i16(p) _mm256_loadu_si256((const __m256i *)(p))
 #define vload_i8_as_i16(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p)))
+#define vload_u8_as_i16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p)))
+#define vand_i _mm256_and_si256
+#define vset1_i16 _mm256_set1_epi16
+#define vmadd_i16 _mm256_madd_epi16
+/* lanes [0, n) all ones, the rest zeros: a mask for maskload */
+#define vmask_n(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define vload_n(p, n) _mm256_maskload_ps(p, vmask_n(n))
+#define vload_f16_n(p, n) _mm256_cvtph_ps(_mm_maskload_epi32((const int *)(p), _mm256_castsi256_si128(vmask_n((n) / 2))))
+#define vload_twice_n(p, n)                                                                                 \
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_maskload_ps(p, _mm256_castsi256_si128(vmask_n((n) / 2)))), \
+                             _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0))
 #define vcvt_i32 _mm256_cvtepi32_ps
 #if defined(__AVXVNNI__)
 #define vdot_i16(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
@@ -270,6 +304,8 @@ static inline void vstore_i32_as_i16(int16_t *p, vi c) {
 #endif
 
 /* ---------------------------------------------------------------- small vector helpers */
+
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); } /* an f16 (its bits) as fp32, exactly */
 
 /* e^x per lane: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below
  * 1e-8 on that range), then scaled by 2^n. Inputs are clamped to [-87, 88]: e^-87 ~ 1.6e-38 stands in
@@ -302,18 +338,19 @@ static inline vf vgelu(vf x) {
 
 /* A linear layer's input rows, in the form its kernel consumes. */
 typedef struct {
-    const float *f32; /* fp32 and bf16: the rows as they are, [rows, in] */
-    int16_t *q;       /* int8 mode: 16-bit codes, [rows, in] */
-    float *qs;        /* int8 mode: one scale per row and group, [rows, in / GROUP] */
+    const float *f32; /* fp32, bf16, f16: the rows as they are, [rows, in] */
+    int16_t *q;       /* int8, int4: 16-bit codes, [rows, in] */
+    float *qs;        /* int8, int4: one scale per row and group, [rows, in / GROUP] */
+    float *qsum;      /* int4: the sum of each row's codes per group of 32 (exact), [rows, in / GROUP4] */
     int64_t in;
 } Act;
 
-/* Convert row r of x (fp32, length in) into act's buffers for `precision` (fp32 and bf16 read
- * x itself). int8: per group of 64, scale = max|x| / 32767 and code = round(x / scale), so the largest
- * value maps to +-32767 and no code leaves [-32767, 32767]. */
-static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
+/* Convert row r of x (fp32, length in) into act's buffers for a layer of `precision` (the float ones
+ * read x itself). int8 and int4: per group of 64, scale = max|x| / 32767 and code = round(x / scale), so
+ * the largest value maps to +-32767 and no code leaves [-32767, 32767]. */
+static void prepare_row(int64_t precision, const float *x, Act *act, int64_t r) {
     const int64_t in = act->in;
-    if (precision == PREC_INT8) {
+    if (precision == PREC_INT8 || precision == PREC_INT4) {
         int16_t *q = act->q + r * in;
         float *qs = act->qs + r * (in / GROUP);
         for (int64_t g = 0; g < in / GROUP; g++) {
@@ -326,6 +363,14 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
             for (int j = 0; j < GROUP; j += VL)
                 vstore_i32_as_i16(q + g * GROUP + j, vclamp_i32(vcvt_f32_i32(vmul(vload(xg + j), inv)), 32767));
             qs[g] = scale;
+        }
+    }
+    if (precision == PREC_INT4) {
+        const int16_t *q = act->q + r * in;
+        for (int64_t g = 0; g < in / GROUP4; g++) {
+            int32_t sum = 0; /* |sum| <= 32 * 32767: exact in fp32 too */
+            for (int j = 0; j < GROUP4; j++) sum += q[g * GROUP4 + j];
+            act->qsum[r * (in / GROUP4) + g] = (float)sum;
         }
     }
 }
@@ -345,10 +390,10 @@ static void prepare_row(int precision, const float *x, Act *act, int64_t r) {
  * ~15-20% slower per token (CPU time, AVX2 Zen 3, docs/engine.md); 2 KB and 4 KB measured alike. */
 #define STREAM_AHEAD 2048
 
-/* fp32 activations against fp32 weights, or against bf16 weights widened in registers (BF16 = 1). */
-static inline __attribute__((always_inline)) void tile_wide(const void *W, int BF16, const float *X,
+/* fp32 activations against weights of `precision` fp32, or bf16 / f16 widened in registers. */
+static inline __attribute__((always_inline)) void tile_wide(const void *W, int precision, const float *X,
                                                             int64_t in, int NO, int NB, float out[4][4]) {
-    const size_t esize = BF16 ? 2 : 4;
+    const size_t esize = precision == PREC_FP32 ? 4 : 2;
     vf a[4][4];
     for (int i = 0; i < NO; i++)
         for (int b = 0; b < NB; b++) a[i][b] = vzero();
@@ -358,7 +403,9 @@ static inline __attribute__((always_inline)) void tile_wide(const void *W, int B
         for (int i = 0; i < NO; i++) {
             if (NO > 1) PREFETCH_NEXT((const char *)W + ((i + NO) * in + k) * esize);
             if (NO == 1 && (k * esize) % 64 == 0) PREFETCH_NEXT((const char *)W + k * esize + STREAM_AHEAD);
-            vf w = BF16 ? vload_bf16((const uint16_t *)W + i * in + k) : vload((const float *)W + i * in + k);
+            vf w = precision == PREC_BF16  ? vload_bf16((const uint16_t *)W + i * in + k)
+                   : precision == PREC_F16 ? vload_f16((const uint16_t *)W + i * in + k)
+                                           : vload((const float *)W + i * in + k);
             for (int b = 0; b < NB; b++) a[i][b] = vfma(w, x[b], a[i][b]);
         }
     }
@@ -396,36 +443,125 @@ static inline __attribute__((always_inline)) void tile_int8(const int8_t *W, con
         for (int b = 0; b < NB; b++) out[i][b] = vsum(a[i][b]);
 }
 
-/* out[i][b] = W[o + i] . x[b0 + b] (int8: times the row scale; bias added by the caller). */
+/* int4 weights x 16-bit activation codes. Each 64 inputs of a row are 32 bytes: byte j holds the code of
+ * input j in its low nibble and that of input j + 32 in its high one, each as code + 8 (0..15 for -8..7).
+ * The loop is bound by the vector ALU ports, not by memory: 512-bit operations have two ports, and
+ * multiplies, conversions and shifts share one of them. So a block costs one zero-extending load (2*VL
+ * bytes as int16), an AND for the low codes (inputs k..k+31, in order: no shuffle) and an AND with 0xF0
+ * for the high ones (k+32..k+63, each 16x its code: no shift; the group's scale carries the 1/16). Per
+ * group one exact int32 sum (pair sums <= 2 * 240 * 32767 < 2^24, so its fp32 conversion is exact too)
+ * goes to fp32 times (weight scale x activation scale), precomputed for a chunk of groups in `cs` and
+ * broadcast from there (a load, not a shuffle); even and odd groups have their own accumulators (one
+ * multiply-add per 64 inputs on each chain). The codes' offset, sum (c + 8) q = sum c q + 8 sum q, is
+ * taken back once per chunk from the rows' group sums (`qsum`): one multiply-add per VL groups. */
+#define INT4_CHUNK 64 /* groups of 32 (2048 inputs) whose scales are combined at a time */
+static inline __attribute__((always_inline)) void tile_int4(const uint8_t *W, const uint16_t *WS, const Act *A,
+                                                            int64_t b0, int64_t in, int NO, int NB,
+                                                            float out[4][4]) {
+    enum { CHUNKS = GROUP4 / (2 * VL) }; /* int16 vectors per group of 32 */
+    const int64_t nblocks = in / GROUP, row_bytes = in / 2, row_scales = in / GROUP4;
+    const int16_t *Q = A->q + b0 * in;
+    const vi low = vset1_i16(0x0F), high = vset1_i16(0xF0);
+    static const float LOHI[16] = {1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f,
+                                   1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f};
+    const vf lohi = vload(LOHI); /* even (low) groups' scales x 1, odd (high) ones' x 1/16: exact */
+    float cs[4][4][INT4_CHUNK];
+    vf a[4][4][2], offset[4][4];
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) a[i][b][0] = a[i][b][1] = offset[i][b] = vzero();
+    for (int64_t c0 = 0; c0 < row_scales; c0 += INT4_CHUNK) { /* row_scales is even, and so is c0 */
+        const int64_t nc = row_scales - c0 < INT4_CHUNK ? row_scales - c0 : INT4_CHUNK;
+        for (int i = 0; i < NO; i++)
+            for (int b = 0; b < NB; b++) {
+                const uint16_t *ws = WS + i * row_scales + c0;
+                const float *as = A->qs + (b0 + b) * nblocks + c0 / 2; /* one per two groups */
+                const float *qsum = A->qsum + (b0 + b) * row_scales + c0;
+                for (int64_t j = 0; j < nc; j += VL) { /* the last vector may be partial: zeros past nc */
+                    const int n = nc - j < VL ? (int)(nc - j) : VL;
+                    const vf c = vmul(vload_f16_n(ws + j, n), vload_twice_n(as + j / 2, n));
+                    vstore(cs[i][b] + j, vmul(c, lohi));
+                    offset[i][b] = vfma(c, vload_n(qsum + j, n), offset[i][b]);
+                }
+            }
+        for (int64_t g = c0 / 2; g < (c0 + nc) / 2; g++) { /* blocks of 64 inputs: groups 2g, 2g + 1 */
+            const int64_t k = g * GROUP, j = 2 * g - c0;
+            for (int i = 0; i < NO; i++) {
+                const uint8_t *w = W + i * row_bytes + g * (GROUP / 2);
+                if (NO > 1 && g % 2 == 0) PREFETCH_NEXT(w + NO * row_bytes);
+                if (NO == 1 && g % 2 == 0) PREFETCH_NEXT(w + STREAM_AHEAD); /* two blocks a line */
+                vi lo[CHUNKS], hi[CHUNKS];
+                for (int c = 0; c < CHUNKS; c++) {
+                    const vi x = vload_u8_as_i16(w + c * 2 * VL);
+                    lo[c] = vand_i(x, low);
+                    hi[c] = vand_i(x, high);
+                }
+                for (int b = 0; b < NB; b++) {
+                    const int16_t *q = Q + b * in + k;
+                    vi s0 = vmadd_i16(lo[0], vload_i16(q)), s1 = vmadd_i16(hi[0], vload_i16(q + GROUP4));
+                    for (int c = 1; c < CHUNKS; c++) {
+                        s0 = vdot_i16(s0, lo[c], vload_i16(q + c * 2 * VL));
+                        s1 = vdot_i16(s1, hi[c], vload_i16(q + GROUP4 + c * 2 * VL));
+                    }
+                    a[i][b][0] = vfma(vcvt_i32(s0), vset1(cs[i][b][j]), a[i][b][0]);
+                    a[i][b][1] = vfma(vcvt_i32(s1), vset1(cs[i][b][j + 1]), a[i][b][1]);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < NO; i++)
+        for (int b = 0; b < NB; b++) out[i][b] = vsum(vfnma(vset1(8.0f), offset[i][b], vadd(a[i][b][0], a[i][b][1])));
+}
+
+/* out[i][b] = W[o + i] . x[b0 + b] in L's precision (int8: times the row scale; bias added by the caller). */
 static inline __attribute__((always_inline)) void
-tile(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
+tile(const Linear *L, int64_t o, const Act *a, int64_t b0, int NO, int NB, float out[4][4]) {
     const int64_t in = L->in;
-    if (precision == PREC_BF16) {
-        tile_wide((const uint16_t *)L->w + o * in, 1, a->f32 + b0 * in, in, NO, NB, out);
-    } else if (precision == PREC_INT8) {
+    switch (L->precision) {
+    case PREC_BF16:
+    case PREC_F16:
+        tile_wide((const uint16_t *)L->w + o * in, (int)L->precision, a->f32 + b0 * in, in, NO, NB, out);
+        break;
+    case PREC_INT8:
         tile_int8((const int8_t *)L->w + o * in, a->q + b0 * in, a->qs + b0 * (in / GROUP), in, NO, NB, out);
         for (int i = 0; i < NO; i++)
-            for (int b = 0; b < NB; b++) out[i][b] *= L->scale[o + i];
-    } else {
-        tile_wide((const float *)L->w + o * in, 0, a->f32 + b0 * in, in, NO, NB, out);
+            for (int b = 0; b < NB; b++) out[i][b] *= ((const float *)L->scale)[o + i];
+        break;
+    case PREC_INT4:
+        tile_int4((const uint8_t *)L->w + o * (in / 2), (const uint16_t *)L->scale + o * (in / GROUP4), a, b0, in,
+                  NO, NB, out);
+        break;
+    default:
+        tile_wide((const float *)L->w + o * in, PREC_FP32, a->f32 + b0 * in, in, NO, NB, out);
     }
 }
 
-/* Four weight rows against NB input rows. AVX-512 does them as one tile (4 x 4 accumulators + inputs fit
- * its 32 registers); AVX2 has 16, where a 4 x 4 tile spills, so it does two tiles of 2 weight rows. Each
- * (weight row, input row) sum is the same chain either way, so the results are the same bits. */
-static inline __attribute__((always_inline)) void
-tile4(int precision, const Linear *L, int64_t o, const Act *a, int64_t b0, int NB, float out[4][4]) {
-#if GPT2_ISA == 512
-    tile(precision, L, o, a, b0, 4, NB, out);
-#else
-    float hi[4][4] = {{0}};
-    tile(precision, L, o, a, b0, 2, NB, out);
-    tile(precision, L, o + 2, a, b0, 2, NB, hi);
-    for (int b = 0; b < 4; b++) {
-        out[2][b] = hi[0][b];
-        out[3][b] = hi[1][b];
+/* Four weight rows against NB input rows, in tiles of as many weight rows as the registers hold: 4 x 4
+ * accumulators + inputs fit AVX-512's 32 registers, where int4's two accumulators per sum take two tiles
+ * of 2 rows; AVX2 has 16 registers: tiles of 2 rows, and of 1 for int4. Each (weight row, input row) sum is
+ * the same chain whatever the tile, so the results are the same bits. */
+static inline __attribute__((always_inline)) void tile_rows(const Linear *L, int64_t o, const Act *a, int64_t b0,
+                                                            int NO, int NB, float out[4][4]) {
+    for (int r = 0; r < 4; r += NO) {
+        float part[4][4] = {{0}};
+        tile(L, o + r, a, b0, NO, NB, part);
+        for (int i = 0; i < NO; i++)
+            for (int b = 0; b < 4; b++) out[r + i][b] = part[i][b];
     }
+}
+
+static inline __attribute__((always_inline)) void
+tile4(const Linear *L, int64_t o, const Act *a, int64_t b0, int NB, float out[4][4]) {
+    const int int4 = L->precision == PREC_INT4;
+#if GPT2_ISA == 512
+    if (int4)
+        tile_rows(L, o, a, b0, 2, NB, out);
+    else
+        tile(L, o, a, b0, 4, NB, out);
+#else
+    if (int4)
+        tile_rows(L, o, a, b0, 1, NB, out);
+    else
+        tile_rows(L, o, a, b0, 2, NB, out);
 #endif
 }
 
@@ -441,8 +577,8 @@ static void share(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
 
 /* Y[b, o] (row stride ldy) for rows [0, nrows) and every output; thread `me` of nt computes its own
  * contiguous range of outputs (no barrier at the end). */
-static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nrows, float *Y, int64_t ldy,
-                        int epilogue, int me, int nt) {
+static void linear_rows(const Linear *L, const Act *a, int64_t nrows, float *Y, int64_t ldy, int epilogue, int me,
+                        int nt) {
     int64_t lo, hi;
     share((L->out + 3) / 4, me, nt, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
@@ -455,21 +591,21 @@ static void linear_rows(int precision, const Linear *L, const Act *a, int64_t nr
                 for (int i = 0; i < NO; i++) {
                     float r1[4][4] = {{0}};
                     if (left >= 4)
-                        tile(precision, L, o + i, a, b0, 1, 4, r1);
+                        tile(L, o + i, a, b0, 1, 4, r1);
                     else if (left == 3)
-                        tile(precision, L, o + i, a, b0, 1, 3, r1);
+                        tile(L, o + i, a, b0, 1, 3, r1);
                     else if (left == 2)
-                        tile(precision, L, o + i, a, b0, 1, 2, r1);
+                        tile(L, o + i, a, b0, 1, 2, r1);
                     else
-                        tile(precision, L, o + i, a, b0, 1, 1, r1);
+                        tile(L, o + i, a, b0, 1, 1, r1);
                     for (int b = 0; b < 4; b++) r[i][b] = r1[0][b];
                 }
             } else if (left >= 4) { /* constant NO, NB in each call: each instance fully unrolled */
-                tile4(precision, L, o, a, b0, 4, r);
+                tile4(L, o, a, b0, 4, r);
             } else if (left == 3) {
-                tile4(precision, L, o, a, b0, 3, r);
+                tile4(L, o, a, b0, 3, r);
             } else {
-                tile4(precision, L, o, a, b0, 2, r);
+                tile4(L, o, a, b0, 2, r);
             }
             for (int i = 0; i < NO; i++) {
                 const float bias = L->bias ? L->bias[o + i] : 0.0f;
@@ -742,7 +878,6 @@ static void step_job(void *arg, int me, int nt) {
     const int64_t n = s->n, *tokens = s->tokens, *positions = s->positions, *slots = s->slots;
     float *x = s->x, *h = s->h, *qkv = s->qkv, *y = s->y;
     const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, F4 = m->layers[0].mlp.in;
-    const int P = (int)m->precision;
     float *my_scores = s->scores + (size_t)me * (c->max_len + 16);
     Act a = *s->act; /* per-thread copy of the pointers; `in` and `f32` set per linear */
     int64_t lo, hi; /* this thread's rows of the row-wise phases */
@@ -759,10 +894,10 @@ static void step_job(void *arg, int me, int nt) {
         a.f32 = h;
         for (int64_t i = lo; i < hi; i++) { /* the same rows as the embedding: no barrier between */
             layer_norm_row(x + i * C, L->ln1_w, L->ln1_b, h + i * C, C);
-            prepare_row(P, h + i * C, &a, i);
+            prepare_row(L->attn.precision, h + i * C, &a, i);
         }
         barrier_wait(&s->bar, nt);
-        linear_rows(P, &L->attn, &a, n, qkv, 3 * C, EPI_STORE, me, nt);
+        linear_rows(&L->attn, &a, n, qkv, 3 * C, EPI_STORE, me, nt);
         barrier_wait(&s->bar, nt);
         /* every row's keys and values go into the cache before anyone attends (a prompt chunk reads its
          * own earlier tokens) */
@@ -782,28 +917,28 @@ static void step_job(void *arg, int me, int nt) {
         }
         barrier_wait(&s->bar, nt);
         a.f32 = y;
-        for (int64_t i = lo; i < hi; i++) prepare_row(P, y + i * C, &a, i);
+        for (int64_t i = lo; i < hi; i++) prepare_row(L->proj.precision, y + i * C, &a, i);
         barrier_wait(&s->bar, nt);
-        linear_rows(P, &L->proj, &a, n, x, C, EPI_ADD, me, nt);
+        linear_rows(&L->proj, &a, n, x, C, EPI_ADD, me, nt);
         barrier_wait(&s->bar, nt);
 
         a.f32 = h;
         for (int64_t i = lo; i < hi; i++) {
             layer_norm_row(x + i * C, L->ln2_w, L->ln2_b, h + i * C, C);
-            prepare_row(P, h + i * C, &a, i);
+            prepare_row(L->fc.precision, h + i * C, &a, i);
         }
         barrier_wait(&s->bar, nt);
-        linear_rows(P, &L->fc, &a, n, h + n * C, F4, EPI_STORE, me, nt);
+        linear_rows(&L->fc, &a, n, h + n * C, F4, EPI_STORE, me, nt);
         barrier_wait(&s->bar, nt);
         a.in = F4;
         a.f32 = h + n * C;
         for (int64_t i = lo; i < hi; i++) {
             float *row = h + n * C + i * F4;
             for (int64_t k = 0; k < F4; k += VL) vstore(row + k, vgelu(vload(row + k)));
-            prepare_row(P, row, &a, i);
+            prepare_row(L->mlp.precision, row, &a, i);
         }
         barrier_wait(&s->bar, nt);
-        linear_rows(P, &L->mlp, &a, n, x, C, EPI_ADD, me, nt);
+        linear_rows(&L->mlp, &a, n, x, C, EPI_ADD, me, nt);
         barrier_wait(&s->bar, nt);
     }
 
@@ -815,10 +950,10 @@ static void step_job(void *arg, int me, int nt) {
         share(nl, me, nt, &hlo, &hhi);
         for (int64_t i = hlo; i < hhi; i++) {
             layer_norm_row(x + (s->logits_from + i) * C, m->lnf_w, m->lnf_b, h + i * C, C);
-            prepare_row(P, h + i * C, &a, i);
+            prepare_row(m->head.precision, h + i * C, &a, i);
         }
         barrier_wait(&s->bar, nt);
-        linear_rows(P, &m->head, &a, nl, s->logits, m->n_vocab, EPI_STORE, me, nt);
+        linear_rows(&m->head, &a, nl, s->logits, m->n_vocab, EPI_STORE, me, nt);
     }
 }
 
@@ -866,28 +1001,43 @@ static inline void transpose8(__m256 r[8]) {
     }
 }
 
+/* Weights k..k+7 of row o as fp32, exactly the values the decode kernels multiply by (k % 8 == 0):
+ * bf16 and f16 widened, int8 code x row scale, int4 code x group scale (a 4-bit integer times an f16 has at
+ * most 15 significant bits: exact in fp32, as torch's dequantized() computes it). */
+static inline __m256 widen8(const Linear *L, int64_t o, int64_t k) {
+    const int64_t in = L->in;
+    switch (L->precision) {
+    case PREC_BF16: {
+        const __m128i w = _mm_loadu_si128((const __m128i *)((const uint16_t *)L->w + o * in + k));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
+    }
+    case PREC_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)L->w + o * in + k)));
+    case PREC_INT8: {
+        const __m128i w = _mm_loadl_epi64((const __m128i *)((const int8_t *)L->w + o * in + k));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)),
+                             _mm256_set1_ps(((const float *)L->scale)[o]));
+    }
+    default: { /* int4: the 8 bytes holding these inputs, low or high nibbles (tile_int4's layout) */
+        const uint8_t *w = (const uint8_t *)L->w + o * (in / 2) + k / GROUP * (GROUP / 2) + k % (GROUP / 2);
+        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)w));
+        c = _mm256_and_si256(k % GROUP >= GROUP / 2 ? _mm256_srli_epi32(c, 4) : c, _mm256_set1_epi32(15));
+        const float scale = half_to_float(((const uint16_t *)L->scale)[o * (in / GROUP4) + k / GROUP4]);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, _mm256_set1_epi32(8))), _mm256_set1_ps(scale));
+    }
+    }
+}
+
 /* Panels of NR weight rows [o0, o0 + no) x inputs [k0, k0 + kc), widened to fp32: dst[p][k][NR], built
  * 8 rows x 8 inputs at a time (widen 8 rows, transpose in registers). Rows past the layer's end are
  * zeros (their outputs are never stored). kc is a multiple of 8 (gpt2_linear requires in % 64 == 0). */
-static void gemm_pack_weights(int precision, const Linear *L, int64_t o0, int64_t no, int64_t k0, int64_t kc,
-                              float *dst) {
-    const int64_t in = L->in;
+static void gemm_pack_weights(const Linear *L, int64_t o0, int64_t no, int64_t k0, int64_t kc, float *dst) {
     for (int64_t p = 0; p < no; p += GEMM_NR, dst += kc * GEMM_NR)
         for (int g = 0; g < GEMM_NR; g += 8)
             for (int64_t k = 0; k < kc; k += 8) {
                 __m256 r[8];
-                for (int i = 0; i < 8; i++) {
-                    const int64_t o = o0 + p + g + i;
-                    if (p + g + i >= no) {
-                        r[i] = _mm256_setzero_ps();
-                    } else if (precision == PREC_BF16) {
-                        const __m128i w = _mm_loadu_si128((const __m128i *)((const uint16_t *)L->w + o * in + k0 + k));
-                        r[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
-                    } else {
-                        const __m128i w = _mm_loadl_epi64((const __m128i *)((const int8_t *)L->w + o * in + k0 + k));
-                        r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)), _mm256_set1_ps(L->scale[o]));
-                    }
-                }
+                for (int i = 0; i < 8; i++)
+                    r[i] = p + g + i < no ? widen8(L, o0 + p + g + i, k0 + k) : _mm256_setzero_ps();
                 transpose8(r);
                 for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + (k + j) * GEMM_NR + g, r[j]);
             }
@@ -942,12 +1092,12 @@ static inline __attribute__((always_inline)) void gemm_block(const float *A, con
 }
 
 /* This thread's part of the GEMM: rows [r0, r1) x outputs [o0, o1). */
-static void gemm_part(int precision, const Linear *L, const float *X, float *Y, int64_t r0, int64_t r1,
-                      int64_t o0, int64_t o1, float *wpack, float *xpack) {
+static void gemm_part(const Linear *L, const float *X, float *Y, int64_t r0, int64_t r1, int64_t o0, int64_t o1,
+                      float *wpack, float *xpack) {
     const int64_t in = L->in, out = L->out;
     for (int64_t k0 = 0; k0 < in; k0 += GEMM_KC) {
         const int64_t kc = in - k0 < GEMM_KC ? in - k0 : GEMM_KC;
-        gemm_pack_weights(precision, L, o0, o1 - o0, k0, kc, wpack);
+        gemm_pack_weights(L, o0, o1 - o0, k0, kc, wpack);
         for (int64_t m0 = r0; m0 < r1; m0 += GEMM_MC) {
             const int64_t mc = r1 - m0 < GEMM_MC ? r1 - m0 : GEMM_MC;
             gemm_pack_rows(X, in, m0, mc, k0, kc, xpack);
@@ -967,7 +1117,7 @@ static void gemm_part(int precision, const Linear *L, const float *X, float *Y, 
 /* Output columns per thread: each thread's weight panels for one block of inputs stay within L3's share. */
 #define GEMM_NC 1536
 
-static int gemm(int precision, const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
+static int gemm(const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
     /* A grid of row ranges x column ranges, one cell per thread: columns first (each thread then packs
      * only its own weights), rows as well where the columns would get too narrow to fill a kernel. */
     int cols = nthreads, rows = 1;
@@ -989,7 +1139,7 @@ static int gemm(int precision, const Linear *L, const float *X, int64_t n, float
             failed = 1;
         } else {
             for (int64_t o = o_lo; o < o_hi && r_lo < r_hi; o += GEMM_NC)
-                gemm_part(precision, L, X, Y, r_lo, r_hi, o, o + GEMM_NC < o_hi ? o + GEMM_NC : o_hi, wpack, xpack);
+                gemm_part(L, X, Y, r_lo, r_hi, o, o + GEMM_NC < o_hi ? o + GEMM_NC : o_hi, wpack, xpack);
         }
         free(wpack);
         free(xpack);
@@ -997,23 +1147,26 @@ static int gemm(int precision, const Linear *L, const float *X, int64_t n, float
     return failed ? GPT2_E_MEMORY : GPT2_OK;
 }
 
-/* A few rows: the decode kernels (one pass over the weight for all rows; int8 quantizes the rows). */
-static int few_rows(int precision, const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
+/* A few rows: the decode kernels (one pass over the weight for all rows; int8/int4 quantize the rows). */
+static int few_rows(const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
     Act act = {.f32 = X, .in = L->in};
-    if (precision == PREC_INT8) {
+    if (L->precision == PREC_INT8 || L->precision == PREC_INT4) {
         act.q = alloc(sizeof(int16_t) * n * L->in);
         act.qs = alloc(sizeof(float) * n * (L->in / GROUP));
-        if (!act.q || !act.qs) {
+        act.qsum = alloc(sizeof(float) * n * (L->in / GROUP4));
+        if (!act.q || !act.qs || !act.qsum) {
             free(act.q);
             free(act.qs);
+            free(act.qsum);
             return GPT2_E_MEMORY;
         }
-        for (int64_t i = 0; i < n; i++) prepare_row(precision, X + i * L->in, &act, i);
+        for (int64_t i = 0; i < n; i++) prepare_row(L->precision, X + i * L->in, &act, i);
     }
 #pragma omp parallel num_threads(nthreads)
-    linear_rows(precision, L, &act, n, Y, L->out, EPI_STORE, omp_get_thread_num(), omp_get_num_threads());
+    linear_rows(L, &act, n, Y, L->out, EPI_STORE, omp_get_thread_num(), omp_get_num_threads());
     free(act.q);
     free(act.qs);
+    free(act.qsum);
     return GPT2_OK;
 }
 
@@ -1021,8 +1174,15 @@ static int few_rows(int precision, const Linear *L, const float *X, int64_t n, f
 
 /* ---------------------------------------------------------------- the checks at the boundary */
 
-static int linear_ok(const Linear *L, int64_t out, int64_t in, int precision) {
-    return L->w && L->out == out && L->in == in && (precision != PREC_INT8 || L->scale);
+/* A linear layer the kernels can run as [out, in]: 0, GPT2_E_PRECISION (unknown, or not built here) or
+ * GPT2_E_WEIGHTS (another shape, inputs not a multiple of GROUP, or no scales where its precision has them). */
+static int check_linear(const Linear *L, int64_t out, int64_t in) {
+    if (L->precision < 0 || L->precision >= N_PREC || !(gpt2_features() >> L->precision & 1))
+        return GPT2_E_PRECISION;
+    const int scaled = L->precision == PREC_INT8 || L->precision == PREC_INT4;
+    if (!L->w || L->out != out || L->in != in || out < 1 || in < GROUP || in % GROUP || (scaled && !L->scale))
+        return GPT2_E_WEIGHTS;
+    return GPT2_OK;
 }
 
 /* Everything gpt2_forward relies on that the arguments themselves can tell: 0 or a GPT2_E_* code. */
@@ -1038,20 +1198,19 @@ static int check_arguments(const Model *m, const Cache *c, int64_t n, const int6
         return GPT2_E_CONFIG;
     const int64_t hs = C / nh; /* attend_head holds one head in 64 / VL vectors */
     if (hs % 16 || hs > 64) return GPT2_E_CONFIG;
-    const int P = (int)m->precision;
-    if (m->precision < PREC_FP32 || m->precision > PREC_INT8 ||
-        !(gpt2_features() & (P == PREC_FP32 ? FEAT_FP32 : P == PREC_BF16 ? FEAT_BF16 : FEAT_INT8)))
-        return GPT2_E_PRECISION;
     const int64_t F4 = m->layers[0].mlp.in; /* the MLP's width: 4 * n_embd in GPT-2, any multiple of 64 */
-    if (F4 < GROUP || F4 % GROUP) return GPT2_E_WEIGHTS;
     for (int64_t l = 0; l < m->n_layer; l++) {
         const Layer *L = &m->layers[l];
         if (!L->ln1_w || !L->ln1_b || !L->ln2_w || !L->ln2_b) return GPT2_E_NULL;
-        if (!linear_ok(&L->attn, 3 * C, C, P) || !linear_ok(&L->proj, C, C, P) || !linear_ok(&L->fc, F4, C, P) ||
-            !linear_ok(&L->mlp, C, F4, P))
-            return GPT2_E_WEIGHTS;
+        const Linear *lin[4] = {&L->attn, &L->proj, &L->fc, &L->mlp};
+        const int64_t shape[4][2] = {{3 * C, C}, {C, C}, {F4, C}, {C, F4}};
+        for (int j = 0; j < 4; j++) {
+            const int rc = check_linear(lin[j], shape[j][0], shape[j][1]);
+            if (rc != GPT2_OK) return rc;
+        }
     }
-    if (!linear_ok(&m->head, m->n_vocab, C, P)) return GPT2_E_WEIGHTS;
+    const int rc = check_linear(&m->head, m->n_vocab, C);
+    if (rc != GPT2_OK) return rc;
     /* The cache: the model's shape, and strides that keep every (layer, slot, head, position) apart. */
     if (!c->k || !c->v) return GPT2_E_NULL;
     if (c->n_layer != m->n_layer || c->n_head != nh || c->head_dim != hs || c->max_len < 1 || c->n_slots < 1 ||
@@ -1088,9 +1247,10 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     Act act = {.in = 0};
     act.q = alloc(sizeof(int16_t) * n * widest);
     act.qs = alloc(sizeof(float) * n * (widest / GROUP));
+    act.qsum = alloc(sizeof(float) * n * (widest / GROUP4));
     float *scores = alloc(sizeof(float) * (size_t)nthreads * (c->max_len + 16));
     atomic_llong *next_head = alloc(sizeof(atomic_llong) * m->n_layer);
-    const int ok = x && h && qkv && y && act.q && act.qs && scores && next_head;
+    const int ok = x && h && qkv && y && act.q && act.qs && act.qsum && scores && next_head;
     int status = GPT2_E_MEMORY;
     if (ok) {
         for (int64_t l = 0; l < m->n_layer; l++) atomic_init(&next_head[l], 0);
@@ -1106,6 +1266,7 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
     free(y);
     free(act.q);
     free(act.qs);
+    free(act.qsum);
     free(scores);
     return status;
 #else
@@ -1114,20 +1275,20 @@ int gpt2_forward(const Model *m, const Cache *c, int64_t n, const int64_t *token
 #endif
 }
 
-/* Y[n, L->out] = X[n, L->in] W^T + bias for one bf16 or int8 layer (fp32 X and Y, row-major): PyTorch's
- * path calls this for its packed layers (gpt2/engine/precision.py). From GEMM_MIN_ROWS rows on a blocked GEMM
- * (weights widened exactly, fp32 sums); fewer rows go through the decode kernels. 0 or a GPT2_E_* code. */
-int gpt2_linear(const Linear *L, int64_t precision, const float *X, int64_t n, float *Y, int nthreads) {
+/* Y[n, L->out] = X[n, L->in] W^T + bias for one packed layer (bf16, f16, int8, int4; fp32 X and Y,
+ * row-major): PyTorch's path calls this for its packed layers (gpt2/engine/precision.py). From
+ * GEMM_MIN_ROWS rows on a blocked GEMM (weights widened exactly, fp32 sums); fewer rows go through the
+ * decode kernels. fp32 layers are refused: torch's own GEMM runs them. 0 or a GPT2_E_* code. */
+int gpt2_linear(const Linear *L, const float *X, int64_t n, float *Y, int nthreads) {
     if (!L || !X || !Y || !L->w) return GPT2_E_NULL;
     if (n < 1) return GPT2_E_COUNT;
-    if (precision != PREC_BF16 && precision != PREC_INT8) return GPT2_E_PRECISION;
-    if (!(gpt2_features() & (precision == PREC_BF16 ? FEAT_BF16 : FEAT_INT8))) return GPT2_E_PRECISION;
-    if (!linear_ok(L, L->out, L->in, (int)precision) || L->out < 1 || L->in < GROUP || L->in % GROUP)
-        return GPT2_E_WEIGHTS;
+    if (L->precision == PREC_FP32) return GPT2_E_PRECISION;
+    const int rc = check_linear(L, L->out, L->in);
+    if (rc != GPT2_OK) return rc;
 #if GPT2_ISA
     nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
-    if (n < GEMM_MIN_ROWS) return few_rows((int)precision, L, X, n, Y, nthreads);
-    return gemm((int)precision, L, X, n, Y, nthreads);
+    if (n < GEMM_MIN_ROWS) return few_rows(L, X, n, Y, nthreads);
+    return gemm(L, X, n, Y, nthreads);
 #else
     (void)nthreads;
     return GPT2_E_PRECISION;
