@@ -188,7 +188,36 @@ def render_sizes(record: dict) -> str:
     return markdown(header, rows) + "\n\n" + source_note(record, what) + f"\n\n{record['verdict']}"
 
 
-RENDERERS = {"decode": render_decode, "serving": render_serving, "sizes": render_sizes}
+def render_fidelity(record: dict) -> str:
+    s, rows = record["settings"], []
+    for system, e in record["summary"].items():
+        under = e.get("at_or_under", {})
+        vs = ", ".join(f"{n}/{s['seeds']} seeds vs llama.cpp {peer}" for peer, n in under.items())
+        rows.append(
+            [
+                system,
+                f"{e['norm']:.2e} ({e['norm_min']:.2e}–{e['norm_max']:.2e})",
+                f"{e['max']:.2e}",
+                f"{e['top_agrees']:.3f}",
+                vs or "–",
+            ]
+        )
+    header = ["", "‖Δ‖ / ‖fp32‖: mean (range)", r"max \|Δ\| / max \|fp32\|", "same top token"]
+    header.append("ours at or under")
+    what = (
+        f"Logits against each system's own fp32 along the same tokens, {s['shapes']} shapes ({s['layers']}"
+        f" layers), random weights, {s['seeds']} seeds, prompt {s['prompt_tokens']} + {s['new_tokens']}"
+        " greedy tokens of our fp32"
+    )
+    return markdown(header, rows) + "\n\n" + source_note(record, what)
+
+
+RENDERERS = {
+    "decode": render_decode,
+    "serving": render_serving,
+    "sizes": render_sizes,
+    "fidelity": render_fidelity,
+}
 
 
 def render(name: str, record: dict) -> str:

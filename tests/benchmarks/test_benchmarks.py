@@ -270,3 +270,20 @@ def test_load_test_through_the_python_client(tmp_path):
     summary = json.loads(out.read_text())["runs"]["clients"]["summary"]
     assert summary["succeeded"] == summary["verified"] == 4 and summary["mismatched"] == 0
     assert summary["disconnected"] == 1 and summary["server_peak_rss_mb"] > 100
+
+
+@pytest.mark.slow
+def test_fidelity_holds_each_precision_against_its_own_fp32(tmp_path):
+    """Each system's row, its error finite and ordered as its bytes are (f16 < bf16 < int8 < int4), the
+    llama.cpp pairs counted, and the saved record rendered as the table it prints."""
+    from benchmarks import fidelity
+
+    out = tmp_path / "fidelity.json"
+    record = fidelity.main(["--seeds", "1", "--layers", "1", "--save", str(out)])
+    s = record["summary"]
+    norm = {k.removeprefix("ours "): v["norm"] for k, v in s.items() if k.startswith("ours ")}
+    assert 0 < norm["f16"] < norm["bf16"] < norm["int8"] < norm["int4"] < 1
+    if not LLAMA_MISSING:
+        assert set(s["ours int4"]["at_or_under"]) == {"q4_0", "q4_K_M"}
+        assert 0 < s["llama.cpp f32 vs ours fp32"]["norm"] < 1e-2
+    assert results.render_fidelity(json.loads(out.read_text())) == results.render_fidelity(record)
