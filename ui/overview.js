@@ -1,0 +1,56 @@
+// The overview: the logit lens over the text's last tokens (props.value = {model, overview}, the overview
+// being what gpt2.lens_grid gives). Rows are layers (the embeddings first), columns the tokens; each cell
+// is that layer's top guess for the token after the column's, coloured by its probability, and bold where
+// it is the token that came next. One look shows at which depth each word was decided. The picture keeps
+// its size and scrolls in its own box; a tap on a column looks inside that token.
+function draw() {
+  const root = element.querySelector(".overview-view");
+  const value = props.value;
+  if (!root) return;
+  if (!value || !value.overview) {
+    root.innerHTML = "";
+    return;
+  }
+  const g = value.overview;
+  const c = themeColours();
+  const [rows, columns] = [g.top.length, g.tokens.length];
+  const [cw, ch, left, top] = [58, 20, 34, 24];
+  let body = "";
+  g.tokens.forEach((token, j) => {
+    const x = left + j * cw;
+    body += `<g class="col" data-column="${j}"><rect x="${x}" y="0" width="${cw}" height="${top - 2}" fill="transparent"/>`;
+    body += text(x + cw / 2, top / 2, clipped(visible(token), 8), 'text-anchor="middle" font-weight="bold"');
+    body += `<title>${escapeXml(`token ${g.start + j}: ${quoted(token)} (tap to look inside)`)}</title></g>`;
+  });
+  g.top.forEach((guesses, i) => {
+    const y = top + i * ch;
+    body += text(left - 4, y + ch / 2, i === 0 ? "emb" : String(i), 'text-anchor="end" opacity="0.7"');
+    guesses.forEach((guess, j) => {
+      const [x, p] = [left + j * cw, g.prob[i][j]];
+      const hit = j + 1 < columns && guess === g.tokens[j + 1] ? 'font-weight="bold"' : 'opacity="0.85"';
+      body += `<g class="cell" data-column="${j}"><rect x="${x + 1}" y="${y + 1}" width="${cw - 2}" height="${ch - 2}" fill="${probFill(p, c)}"/>`;
+      body += text(x + cw / 2, y + ch / 2, clipped(visible(guess), 8), `text-anchor="middle" ${hit}`);
+      body += `<title>${escapeXml(`${i === 0 ? "embeddings" : `layer ${i}`}, after ${quoted(g.tokens[j])}: ${quoted(guess)} ${percent(p)}`)}</title></g>`;
+    });
+  });
+  const width = left + columns * cw + 2;
+  const svg = svgMarkup(width, top + rows * ch + 2, body, c, "each layer's top guess after each token");
+  root.innerHTML =
+    `<section class="pic" data-picture="overview"><div class="pic-head"><b>Overview</b><span class="sub">` +
+    `each layer's top guess after each of the last ${columns} tokens; tap a column to look inside it</span>` +
+    `${exportButtons("overview")}</div><div class="scroll">${svg}</div><p class="detail">Rows: layers, the ` +
+    `embeddings first. Darker: more probable. Bold: the token that came next.</p></section>`;
+  const box = root.querySelector(".scroll");
+  box.scrollLeft = box.scrollWidth; // the latest tokens first
+}
+
+element.addEventListener("click", (event) => {
+  const target = event.target.closest("[data-save], [data-column]");
+  const overview = props.value && props.value.overview;
+  if (!target || !overview) return;
+  if (target.dataset.save === "png") savePng(element.querySelector(".scroll svg"), "gpt2-overview.png");
+  else if (target.dataset.save === "json") saveJson(overview, "gpt2-overview.json");
+  else trigger("inspect", { position: overview.start + Number(target.dataset.column) });
+});
+watch("value", draw);
+draw();
