@@ -32,25 +32,29 @@ function layerChart(t, c) {
     const [best, y] = [guesses[0], top + i * R];
     const changed = i > 0 && best.token !== t.lens[i - 1][0].token;
     const fill = i === chosen.layer ? heatFill(0.25, c) : "transparent";
-    body += `<g class="row" data-layer="${i}"><rect x="0" y="${y}" width="${W}" height="${R}" fill="${fill}"/>`;
+    body += `<g class="row" data-layer="${i}">${rect(0, y, W, R, `fill="${fill}"`)}`;
     body += text(4, y + R / 2, i === 0 ? "emb" : String(i));
     if (changed) body += `<circle cx="34" cy="${y + R / 2}" r="2.5" fill="${c.accent}"/>`;
     const weight = best.token === final ? 'font-weight="bold"' : "";
     body += text(42, y + R / 2, clipped(quoted(best.text), 18), weight);
     const width = Math.max(1, (W - barX - 44) * best.prob);
-    body += `<rect x="${barX}" y="${y + 4}" width="${width.toFixed(1)}" height="${R - 8}" rx="2" fill="${probFill(best.prob, c)}"/>`;
+    body += rect(barX, y + 4, width.toFixed(1), R - 8, `rx="2" fill="${probFill(best.prob, c)}"`);
     body += text(W - 4, y + R / 2, percent(best.prob), 'text-anchor="end"');
     body += `<title>${escapeXml(i === 0 ? "after the embeddings" : `after block ${i}`)}</title></g>`;
   });
   const line = top + settled * R;
   body += `<line x1="0" x2="${W}" y1="${line}" y2="${line}" stroke="${c.accent}" stroke-dasharray="4 3"/>`;
-  return { svg: svgMarkup(W, top + rows * R + 2, body, c, "each layer's top guess for the next token"), settled };
+  const svg = svgMarkup(W, top + rows * R + 2, body, c, "each layer's top guess for the next token");
+  return { svg, settled };
 }
 
 function layerWords(t, settled) {
   const final = t.lens[t.lens.length - 1][0];
-  const changes = t.lens.map((g, i) => i).filter((i) => i > 0 && t.lens[i][0].token !== t.lens[i - 1][0].token);
-  let words = `Settles on <b>${escapeXml(quoted(final.text))}</b> ${settled === 0 ? "at the embeddings" : `at layer ${settled}`} (dashed line)`;
+  const changes = t.lens
+    .map((g, i) => i)
+    .filter((i) => i > 0 && t.lens[i][0].token !== t.lens[i - 1][0].token);
+  const where = settled === 0 ? "at the embeddings" : `at layer ${settled}`;
+  let words = `Settles on <b>${escapeXml(quoted(final.text))}</b> ${where} (dashed line)`;
   if (changes.length) words += `; a dot marks each change of mind (layer ${changes.join(", ")})`;
   words += ". The last row is the model's own prediction; bold: its guess.";
   const layer = chosen.layer;
@@ -60,7 +64,9 @@ function layerWords(t, settled) {
   let detail = `${name}: ${top5}.`;
   if (layer > 0) {
     const w = t.writes[layer - 1];
-    detail += ` Its attention wrote ${w.attn.toFixed(2)} and its MLP ${w.mlp.toFixed(2)} into this token's stream (L2 norms).`;
+    detail +=
+      ` Its attention wrote ${w.attn.toFixed(2)} and its MLP ${w.mlp.toFixed(2)} into this token's` +
+      " stream (L2 norms).";
   }
   return `${words}<br>${detail}`;
 }
@@ -72,7 +78,9 @@ function heatmap(t, c) {
   const [cell, left, top] = [24, 30, 16];
   const [W, H] = [left + heads * cell + 2, top + layers * cell + 2];
   let body = "";
-  for (let h = 0; h < heads; h++) body += text(left + h * cell + cell / 2, 8, String(h + 1), 'text-anchor="middle" opacity="0.7"');
+  for (let h = 0; h < heads; h++) {
+    body += text(left + h * cell + cell / 2, 8, String(h + 1), 'text-anchor="middle" opacity="0.7"');
+  }
   t.attention.forEach((row, l) => {
     const y = top + l * cell;
     body += text(left - 4, y + cell / 2, String(l + 1), 'text-anchor="end" opacity="0.7"');
@@ -81,17 +89,21 @@ function heatmap(t, c) {
       const x = left + h * cell;
       const fill = v === null ? "transparent" : heatFill(measure.scale ? measure.scale(v, w) : v, c);
       const label = `layer ${l + 1}, head ${h + 1}: ${measure.label} ${v === null ? "—" : measure.shown(v)}`;
-      body += `<rect class="cell" data-layer="${l}" data-head="${h}" x="${x + 1}" y="${y + 1}" width="${cell - 2}" height="${cell - 2}" rx="2" fill="${fill}" stroke="${c.border}" stroke-width="0.5"><title>${escapeXml(label)}</title></rect>`;
+      const look = `rx="2" fill="${fill}" stroke="${c.border}" stroke-width="0.5"`;
+      body += `<g class="cell" data-layer="${l}" data-head="${h}">`;
+      body += rect(x + 1, y + 1, cell - 2, cell - 2, look);
+      body += `<title>${escapeXml(label)}</title></g>`;
     });
   });
   const head = chosen.head;
   if (head && head[0] < layers && head[1] < heads) {
-    body += `<rect x="${left + head[1] * cell}" y="${top + head[0] * cell}" width="${cell}" height="${cell}" fill="none" stroke="${c.text}" stroke-width="2" pointer-events="none"/>`;
+    const look = `fill="none" stroke="${c.text}" stroke-width="2" pointer-events="none"`;
+    body += rect(left + head[1] * cell, top + head[0] * cell, cell, cell, look);
   }
   return svgMarkup(W, H, body, c, `attention: ${measure.label}, layers × heads`);
 }
 
-function headText(t) {
+function headText(t, c) {
   const head = chosen.head;
   if (!head || head[0] >= t.attention.length || head[1] >= t.attention[0].length) {
     return "<p class='hint'>Rows are layers, columns heads. Tap a cell to see where that head looked.</p>";
@@ -100,12 +112,14 @@ function headText(t) {
   const most = Math.max(...w);
   const spans = w.map((x, j) => {
     const self = j === w.length - 1 ? " self" : "";
-    const shade = `hsla(25, 95%, 55%, ${((0.85 * x) / most).toFixed(3)})`;
-    return `<span class="att${self}" style="background:${shade}" title="${percent(x)}">${escapeXml(visible(t.tokens[t.offset + j]))}</span>`;
+    const token = escapeXml(visible(t.tokens[t.offset + j]));
+    const shade = heatFill(x / most, c);
+    return `<span class="att${self}" style="background:${shade}" title="${percent(x)}">${token}</span>`;
   });
   return (
-    `<p class="detail">Where layer ${head[0] + 1}, head ${head[1] + 1} looked from this token (darkest: ` +
-    `${percent(most)} of its attention; hover a token for its share):</p><div class="head-text">${spans.join("")}</div>`
+    `<p class="detail">Where layer ${head[0] + 1}, head ${head[1] + 1} looked from this token (the darkest ` +
+    `token got ${percent(most)} of its attention; each token's tooltip says its share):</p>` +
+    `<div class="head-text">${spans.join("")}</div>`
   );
 }
 
@@ -129,13 +143,16 @@ function draw() {
   const seen = t.offset > 0 ? ` · the model saw tokens ${t.offset} to ${t.position}` : "";
   const chart = layerChart(t, c);
   const measures = Object.entries(MEASURES)
-    .map(([key, m]) => `<button data-measure="${key}" aria-pressed="${key === chosen.measure}">${m.label}</button>`)
+    .map(([key, m]) => [key, m.label, key === chosen.measure])
+    .map(([key, label, on]) => `<button data-measure="${key}" aria-pressed="${on}">${label}</button>`)
     .join("");
+  const layers = `${chart.svg}<p class="detail">${layerWords(t, chart.settled)}</p>`;
+  const attention = `<div class="measures">${measures}</div>${heatmap(t, c)}${headText(t, c)}`;
   root.innerHTML =
     `<div class="inside-head">Inside token ${t.position}, <b>${escapeXml(quoted(t.tokens[t.position]))}</b>` +
     ` · next in the text: <b>${escapeXml(next)}</b>${seen} · model ${escapeXml(value.model)}</div>` +
-    section("layers", "Layer by layer", "each layer's top guess for the next token", chart.svg + `<p class="detail">${layerWords(t, chart.settled)}</p>`) +
-    section("attention", "Attention", "how much each head looked at:", `<div class="measures">${measures}</div>${heatmap(t, c)}${headText(t)}`);
+    section("layers", "Layer by layer", "each layer's top guess for the next token", layers) +
+    section("attention", "Attention", "how much each head looked at:", attention);
 }
 
 element.addEventListener("click", (event) => {

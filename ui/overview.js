@@ -18,7 +18,7 @@ function draw() {
   let body = "";
   g.tokens.forEach((token, j) => {
     const x = left + j * cw;
-    body += `<g class="col" data-column="${j}"><rect x="${x}" y="0" width="${cw}" height="${top - 2}" fill="transparent"/>`;
+    body += `<g class="col" data-column="${j}">${rect(x, 0, cw, top - 2, 'fill="transparent"')}`;
     body += text(x + cw / 2, top / 2, clipped(visible(token), 8), 'text-anchor="middle" font-weight="bold"');
     body += `<title>${escapeXml(`token ${g.start + j}: ${quoted(token)} (tap to look inside)`)}</title></g>`;
   });
@@ -28,18 +28,28 @@ function draw() {
     guesses.forEach((guess, j) => {
       const [x, p] = [left + j * cw, g.prob[i][j]];
       const hit = j + 1 < columns && guess === g.tokens[j + 1] ? 'font-weight="bold"' : 'opacity="0.85"';
-      body += `<g class="cell" data-column="${j}"><rect x="${x + 1}" y="${y + 1}" width="${cw - 2}" height="${ch - 2}" fill="${probFill(p, c)}"/>`;
+      body += `<g class="cell" data-column="${j}">`;
+      body += rect(x + 1, y + 1, cw - 2, ch - 2, `fill="${probFill(p, c)}"`);
       body += text(x + cw / 2, y + ch / 2, clipped(visible(guess), 8), `text-anchor="middle" ${hit}`);
-      body += `<title>${escapeXml(`${i === 0 ? "embeddings" : `layer ${i}`}, after ${quoted(g.tokens[j])}: ${quoted(guess)} ${percent(p)}`)}</title></g>`;
+      const where = `${i === 0 ? "embeddings" : `layer ${i}`}, after ${quoted(g.tokens[j])}`;
+      body += `<title>${escapeXml(`${where}: ${quoted(guess)} ${percent(p)}`)}</title></g>`;
     });
   });
-  const width = left + columns * cw + 2;
-  const svg = svgMarkup(width, top + rows * ch + 2, body, c, "each layer's top guess after each token");
+  const [width, height] = [left + columns * cw + 2, top + rows * ch + 2];
+  const svg = svgMarkup(width, height, body, c, "each layer's top guess after each token");
+  // The layers' labels again, in a column that stays put while the picture scrolls under it (the SVG
+  // keeps its own, for the PNG).
+  const labels = g.top
+    .map((_, i) => `<span style="top:${top + i * ch}px;height:${ch}px">${i === 0 ? "emb" : i}</span>`)
+    .join("");
   root.innerHTML =
     `<section class="pic" data-picture="overview"><div class="pic-head"><b>Overview</b><span class="sub">` +
     `each layer's top guess after each of the last ${columns} tokens; tap a column to look inside it</span>` +
-    `${exportButtons("overview")}</div><div class="scroll">${svg}</div><p class="detail">Rows: layers, the ` +
-    `embeddings first. Darker: more probable. Bold: the token that came next.</p></section>`;
+    `${exportButtons("overview")}</div><div class="scroll"><div class="lens"><div class="labels" style="` +
+    `width:${left}px;height:${height}px;margin-right:-${left}px;background:${c.background}">${labels}</div>` +
+    `${svg}</div></div>` +
+    `<p class="detail">Rows: layers, the embeddings first. Darker: more probable. Bold: the token that ` +
+    "came next.</p></section>";
   const box = root.querySelector(".scroll");
   box.scrollLeft = box.scrollWidth; // the latest tokens first
 }
@@ -48,7 +58,7 @@ element.addEventListener("click", (event) => {
   const target = event.target.closest("[data-save], [data-column]");
   const overview = props.value && props.value.overview;
   if (!target || !overview) return;
-  if (target.dataset.save === "png") savePng(element.querySelector(".scroll svg"), "gpt2-overview.png");
+  if (target.dataset.save === "png") savePng(element.querySelector(".lens svg"), "gpt2-overview.png");
   else if (target.dataset.save === "json") saveJson(overview, "gpt2-overview.json");
   else trigger("inspect", { position: overview.start + Number(target.dataset.column) });
 });

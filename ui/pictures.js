@@ -18,7 +18,8 @@ function themeColours() {
     "outline-color:var(--color-accent)";
   element.appendChild(probe);
   const s = getComputedStyle(probe);
-  const c = { text: s.color, background: s.backgroundColor, border: s.borderTopColor, accent: s.outlineColor };
+  const c = { text: s.color, background: s.backgroundColor, border: s.borderTopColor };
+  c.accent = s.outlineColor;
   probe.remove();
   const [r, g, b, a] = (c.background.match(/[\d.]+/g) || [255, 255, 255]).map(Number);
   c.dark = a !== 0 && 0.299 * r + 0.587 * g + 0.114 * b < 128;
@@ -40,10 +41,14 @@ function svgMarkup(width, height, body, c, label) {
 }
 
 const text = (x, y, content, extra = "") =>
-  `<text x="${x}" y="${y}" fill="currentColor" dominant-baseline="central" ${extra}>${escapeXml(content)}</text>`;
+  `<text x="${x}" y="${y}" fill="currentColor" dominant-baseline="central" ${extra}>` +
+  `${escapeXml(content)}</text>`;
+const rect = (x, y, width, height, extra = "") =>
+  `<rect x="${x}" y="${y}" width="${width}" height="${height}" ${extra}/>`;
 
 const exportButtons = (picture) =>
-  `<span class="exports"><button data-save="png" data-picture="${picture}" title="download this picture">PNG</button>` +
+  `<span class="exports">` +
+  `<button data-save="png" data-picture="${picture}" title="download this picture">PNG</button>` +
   `<button data-save="json" data-picture="${picture}" title="download its numbers">JSON</button></span>`;
 
 function download(blob, name) {
