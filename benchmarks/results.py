@@ -188,7 +188,74 @@ def render_sizes(record: dict) -> str:
     return markdown(header, rows) + "\n\n" + source_note(record, what) + f"\n\n{record['verdict']}"
 
 
-RENDERERS = {"decode": render_decode, "serving": render_serving, "sizes": render_sizes}
+def _contention_rows(c: dict) -> list[list[str]]:
+    s, rows = c["streams"], []
+    alone = c["alone"]
+    rows.append(
+        [f"{s} streams × {c['new_tokens']} tokens alone", f"done in {alone['streams_done_s']:.1f} s", "–"]
+    )
+    cases = [
+        ("with_traces", f"{s} streams + {s} traces ({c['trace_tokens']} tokens) arriving at once"),
+        ("with_one_trace", f"{s} streams + 1 trace arriving at once"),
+        ("one_more_stream", f"{s} streams + 1 more stream arriving at once"),
+    ]
+    for key, label in cases:
+        m = c[key]
+        traces = (
+            f"; traces took {m['trace_s']:.1f} s (at most {m['trace_max_s']:.1f})" if "trace_s" in m else ""
+        )
+        rows.append(
+            [label, f"done in {m['streams_done_s']:.1f} s = **{m['vs_alone']:.2f} ×** alone{traces}", "–"]
+        )
+    return rows
+
+
+def render_inspect(record: dict) -> str:
+    r, t, s = record["results"], record["targets"], record["settings"]
+    rows = []
+    for n, m in r["trace"].items():
+        rows.append(
+            [
+                f"a trace of {n} tokens (`gpt2.trace`) vs one forward pass",
+                f"{m['trace_s']:.3f} s vs {m['forward_s']:.3f} s = **{m['trace_vs_forward']:.2f} ×**"
+                f" (the engine's prefill: {m['prefill_s']:.3f} s)",
+                f"≤ {t['trace_vs_forward']} ×",
+            ]
+        )
+    o = r["overview"]
+    rows.append(
+        [
+            f"the overview of {o['tokens']} tokens (`gpt2.lens_grid`)",
+            f"{o['overview_s']:.2f} s = **{o['overview_vs_forward']:.1f} ×** a forward pass over them",
+            "–",
+        ]
+    )
+    tap = r["tap"]
+    if "skipped" in tap:
+        rows.append(["a tap to the Inside view drawn, through the app", f"skipped: {tap['skipped']}", "–"])
+    else:
+        rows.append(
+            [
+                f"a tap to the Inside view drawn, through the app, {tap['tokens']} tokens (Chromium)",
+                f"**{tap['tap_to_drawn_ms']} ms** (the first tap {tap['first_tap_ms']} ms; the overview drawn"
+                f" {tap['overview_drawn_after_first_tap_s']:.1f} s after it)",
+                "–",
+            ]
+        )
+    rows += _contention_rows(r["contention"])
+    what = (
+        f"{s['model']}, {s['precision']}, median of {s['rounds']} interleaved rounds; HTTP clients in another"
+        " process"
+    )
+    return markdown(["looking inside", "measured", "target"], rows) + "\n\n" + source_note(record, what)
+
+
+RENDERERS = {
+    "decode": render_decode,
+    "serving": render_serving,
+    "sizes": render_sizes,
+    "inspect": render_inspect,
+}
 
 
 def render(name: str, record: dict) -> str:

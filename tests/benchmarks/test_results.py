@@ -23,11 +23,11 @@ def test_readme_holds_the_speed_and_serving_tables():
     blocks = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "README.md").read_text())}
     assert blocks == {"decode", "serving"}
     docs = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "docs/benchmarks.md").read_text())}
-    assert "sizes" in docs
+    assert {"sizes", "inspect"} <= docs
 
 
 def test_each_table_says_where_its_numbers_came_from():
-    for name in ("decode", "serving", "sizes"):
+    for name in ("decode", "serving", "sizes", "inspect"):
         record = results.load(name)
         env, text = record["environment"], results.render(name, record)
         for fact in (env["date"], env["commit"], env["cpu"], env["command"], f"{env['bandwidth_gbs']} GB/s"):
