@@ -18,6 +18,7 @@ API (parameters by name, see README.md, "Using the API"):
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -220,7 +221,9 @@ def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts
 def wire_inside(page: Page, registry: ModelRegistry, run_opts: dict) -> None:
     """A tap on a token (in the token view, or a column of the overview): the Inside view of that token,
     then the overview of the text, computed once per text. Both run the model, so they go through the
-    same queue and concurrency limit as generation."""
+    same queue and concurrency limit as generation. Their numbers go to the page as JSON text: Gradio's
+    front end copies and compares every value it is sent, which took a second for the nested lists of
+    a 256-token trace of 124M, and no time for one string."""
 
     @gpu
     def ui_inspect(view: LiveView | None, event: gr.EventData):
@@ -229,7 +232,7 @@ def wire_inside(page: Page, registry: ModelRegistry, run_opts: dict) -> None:
             return {page.inside: gr.skip()}
         with client_errors():
             traced = inside.inspect(registry, ids, getattr(event, "position", None), view.model)
-        return {page.inside: {"model": view.model, "trace": traced}}
+        return {page.inside: {"model": view.model, "trace": json.dumps(traced)}}
 
     @gpu
     def ui_overview(view: LiveView | None):
@@ -239,7 +242,7 @@ def wire_inside(page: Page, registry: ModelRegistry, run_opts: dict) -> None:
         with client_errors():
             grid = inside.overview(registry, ids, view.model)
         view.overview_of = (view.model, ids)
-        return {page.overview: {"model": view.model, "overview": grid}}
+        return {page.overview: {"model": view.model, "overview": json.dumps(grid)}}
 
     run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
     for picture in (page.tokens, page.overview):

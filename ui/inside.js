@@ -1,4 +1,5 @@
-// The Inside view of one token (props.value = {model, trace}; the trace is what /inspect returns), drawn
+// The Inside view of one token (props.value = {model, trace}; the trace is what /inspect returns, as JSON
+// text), drawn
 // here: each layer's top guess for the next token (the logit lens, a chart: where the model settled and
 // where it changed its mind), each head's attention from the token (a layers × heads heatmap of one
 // measure), and for the head chosen, the text coloured by how much that head looked at each token. A tap
@@ -131,13 +132,13 @@ function draw() {
   const root = element.querySelector(".inside-view");
   const value = props.value;
   if (!root) return;
-  if (!value || !value.trace) {
+  const t = numbers("trace");
+  if (!t) {
     root.innerHTML =
       "<p class='hint'>Tap any token above to look inside the model there: what each layer would have " +
       "said next, and where each attention head looked.</p>";
     return;
   }
-  const t = value.trace;
   const c = themeColours();
   const next = t.position + 1 < t.tokens.length ? quoted(t.tokens[t.position + 1]) : "(the text ends here)";
   const seen = t.offset > 0 ? ` · the model saw tokens ${t.offset} to ${t.position}` : "";
@@ -157,14 +158,14 @@ function draw() {
 
 element.addEventListener("click", (event) => {
   const target = event.target.closest("[data-save], [data-measure], .cell, .row");
-  const trace = props.value && props.value.trace;
+  const trace = numbers("trace");
   if (!target || !trace) return;
   const data = target.dataset;
   if (data.save === "png") {
     const svg = element.querySelector(`section[data-picture="${data.picture}"] svg`);
     savePng(svg, `gpt2-token-${trace.position}-${data.picture}.png`);
   } else if (data.save === "json") {
-    saveJson(trace, `gpt2-token-${trace.position}.json`);
+    saveJson(props.value.trace, `gpt2-token-${trace.position}.json`);
   } else {
     if (data.measure) chosen.measure = data.measure;
     else if (target.classList.contains("cell")) chosen.head = [Number(data.layer), Number(data.head)];

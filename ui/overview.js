@@ -1,17 +1,16 @@
 // The overview: the logit lens over the text's last tokens (props.value = {model, overview}, the overview
-// being what gpt2.lens_grid gives). Rows are layers (the embeddings first), columns the tokens; each cell
+// being what gpt2.lens_grid gives, as JSON text). Rows are layers (the embeddings first), columns the tokens; each cell
 // is that layer's top guess for the token after the column's, coloured by its probability, and bold where
 // it is the token that came next. One look shows at which depth each word was decided. The picture keeps
 // its size and scrolls in its own box; a tap on a column looks inside that token.
 function draw() {
   const root = element.querySelector(".overview-view");
-  const value = props.value;
   if (!root) return;
-  if (!value || !value.overview) {
+  const g = numbers("overview");
+  if (!g) {
     root.innerHTML = "";
     return;
   }
-  const g = value.overview;
   const c = themeColours();
   const [rows, columns] = [g.top.length, g.tokens.length];
   const [cw, ch, left, top] = [58, 20, 34, 24];
@@ -56,10 +55,10 @@ function draw() {
 
 element.addEventListener("click", (event) => {
   const target = event.target.closest("[data-save], [data-column]");
-  const overview = props.value && props.value.overview;
+  const overview = numbers("overview");
   if (!target || !overview) return;
   if (target.dataset.save === "png") savePng(element.querySelector(".lens svg"), "gpt2-overview.png");
-  else if (target.dataset.save === "json") saveJson(overview, "gpt2-overview.json");
+  else if (target.dataset.save === "json") saveJson(props.value.overview, "gpt2-overview.json");
   else trigger("inspect", { position: overview.start + Number(target.dataset.column) });
 });
 watch("value", draw);

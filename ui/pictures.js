@@ -61,7 +61,18 @@ function download(blob, name) {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
-const saveJson = (data, name) => download(new Blob([JSON.stringify(data)], { type: "application/json" }), name);
+const saveJson = (text, name) => download(new Blob([text], { type: "application/json" }), name);
+
+// The picture's numbers: the server sends them as JSON text in `props.value[key]` (see app.py,
+// wire_inside), parsed here once per value.
+let parsedText = null;
+let parsedNumbers = null;
+function numbers(key) {
+  const text = props.value && props.value[key];
+  if (!text) return null;
+  if (text !== parsedText) [parsedText, parsedNumbers] = [text, JSON.parse(text)];
+  return parsedNumbers;
+}
 
 // The SVG as an image, drawn on a canvas at twice its size (less for a very wide overview: browsers
 // refuse canvases much over 16k pixels a side), saved as PNG.

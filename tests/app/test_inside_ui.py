@@ -4,6 +4,7 @@ makes the prompt from the text before the token and the alternative; Back restor
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import gradio as gr
@@ -60,11 +61,9 @@ def test_a_tap_traces_the_generations_own_tokens_and_nothing_else_runs_the_forwa
     ids = view.ids()
     assert ids == tok.encode(PROMPT) + [t.token for t in view.progress.tokens[0]] and len(ids) == 4 + 12
     for position in (0, 9, len(ids) - 1):
-        out = ui.fn["ui_inspect"](view, gr.EventData(None, {"position": position}))
-        assert out[ui.page.inside] == {
-            "model": MODEL_NAME,
-            "trace": trace(ui.model, ids, position).to_dict(tok),
-        }
+        out = ui.fn["ui_inspect"](view, gr.EventData(None, {"position": position}))[ui.page.inside]
+        assert out["model"] == MODEL_NAME  # and the trace as JSON text (one string for Gradio's front end)
+        assert json.loads(out["trace"]) == trace(ui.model, ids, position).to_dict(tok)
     assert ui.forward.calls == before + 3 * 2  # one forward pass per tap (and one per library call above)
     with pytest.raises(gr.Error, match="position must be a token index from 0 to 15"):
         ui.fn["ui_inspect"](view, gr.EventData(None, {"position": 16}))
@@ -74,12 +73,14 @@ def test_the_overview_is_computed_once_per_text(ui):
     view = generated(ui, n=2)[-1][ui.page.view]
     tok = ui.registry.tokenizer
     first = ui.fn["ui_overview"](view)[ui.page.overview]
-    assert first == {"model": MODEL_NAME, "overview": lens_grid(ui.model, view.ids()).to_dict(tok)}
+    assert first["model"] == MODEL_NAME
+    assert json.loads(first["overview"]) == lens_grid(ui.model, view.ids()).to_dict(tok)
     calls = ui.forward.calls
     assert ui.fn["ui_overview"](view)[ui.page.overview] == gr.skip()  # the same text: already drawn
     view.choose(2)  # the other sample: another text
     again = ui.fn["ui_overview"](view)[ui.page.overview]
-    assert again["overview"] == lens_grid(ui.model, view.ids()).to_dict(tok) != first["overview"]
+    assert json.loads(again["overview"]) == lens_grid(ui.model, view.ids()).to_dict(tok)
+    assert again["overview"] != first["overview"]
     assert ui.forward.calls == calls + 2  # this overview, and the library's above
 
 
