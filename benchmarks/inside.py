@@ -165,41 +165,46 @@ def measure_tap(url: str, tokenizer, rounds: int) -> dict:
 
 
 def measure_contention(clients: common.Clients, tokenizer, args: argparse.Namespace) -> dict:
-    """`streams` /generate streams alone, with as many /inspect calls arriving at the same instant, with
-    one, and with one more stream instead; rounds interleaved. For each: when the streams' tokens were all
-    done (with one more stream: when `streams` of them were), and how long the traces took."""
+    """`streams` /generate streams with as many /inspect calls arriving at the same instant, with one, and
+    with one more stream instead, each right next to the streams alone (the machine's load drifts: a
+    pair shares it). For each: when the streams' tokens were all done (with one more stream: when
+    `streams` of them were), its ratio to the streams alone beside it, and how long the traces took."""
     text = tokenizer.decode(token_ids(tokenizer, CLICK_TOKENS))
     s, new = args.streams, args.new_tokens
 
-    def stream(i: int, r: int) -> list:
-        return load.generate_inputs(TEXT[:70], new, 7000 + 100 * r + i)
+    def streams(r: int, k: int = s) -> list:
+        return [("generate", load.generate_inputs(TEXT[:70], new, 7000 + 100 * r + i)) for i in range(k)]
+
+    def done(calls: list) -> tuple[float, list[float]]:
+        answer = clients.call([api for api, _ in calls], [data for _, data in calls])["calls"]
+        finished = sorted(c.seconds for (api, _), c in zip(calls, answer) if api == "generate")
+        traces = [c.seconds for (api, _), c in zip(calls, answer) if api == "inspect"]
+        return finished[s - 1], traces  # when `s` streams had all their tokens
 
     cases = {
-        "alone": lambda r: [("generate", stream(i, r)) for i in range(s)],
-        "with_traces": lambda r: [
-            c for i in range(s) for c in (("generate", stream(i, r)), ("inspect", [text]))
-        ],
-        "with_one_trace": lambda r: [*[("generate", stream(i, r)) for i in range(s)], ("inspect", [text])],
-        "one_more_stream": lambda r: [("generate", stream(i, r)) for i in range(s + 1)],
+        "with_traces": lambda r: [c for pair in zip(streams(r), [("inspect", [text])] * s) for c in pair],
+        "with_one_trace": lambda r: [*streams(r), ("inspect", [text])],
+        "one_more_stream": lambda r: streams(r, s + 1),
     }
-    seen: dict[str, dict[str, list[float]]] = {k: {"done": [], "trace": []} for k in cases}
+    seen: dict[str, dict[str, list[float]]] = {k: {"alone": [], "done": [], "trace": []} for k in cases}
     for r in range(args.rounds):
-        for name in list(cases)[r % len(cases) :] + list(cases)[: r % len(cases)]:
-            calls = cases[name](r)
-            answer = clients.call([api for api, _ in calls], [data for _, data in calls])["calls"]
-            done = sorted(c.seconds for (api, _), c in zip(calls, answer) if api == "generate")
-            seen[name]["done"].append(done[s - 1])  # when `s` streams had all their tokens
-            seen[name]["trace"] += [c.seconds for (api, _), c in zip(calls, answer) if api == "inspect"]
+        for name, case in cases.items():
+            pair = [("alone", streams(r)), ("done", case(r))]
+            for key, calls in pair if r % 2 == 0 else pair[::-1]:
+                finished, traces = done(calls)
+                seen[name][key].append(finished)
+                seen[name]["trace"] += traces
         print(
-            f"round {r + 1}: " + ", ".join(f"{k} {v['done'][-1]:.1f} s" for k, v in seen.items()),
+            f"round {r + 1}: "
+            + ", ".join(f"{k} {v['done'][-1]:.1f} s (alone {v['alone'][-1]:.1f} s)" for k, v in seen.items()),
             file=sys.stderr,
         )
-    alone = statistics.median(seen["alone"]["done"])
     out = {"streams": s, "new_tokens": new, "trace_tokens": CLICK_TOKENS}
+    alone = [t for v in seen.values() for t in v["alone"]]
+    out["alone"] = {"streams_done_s": round(statistics.median(alone), 2), "runs": len(alone)}
     for name, v in seen.items():
-        done = statistics.median(v["done"])
-        out[name] = {"streams_done_s": round(done, 2), "vs_alone": round(done / alone, 3)}
-        out[name]["stream_tok_s"] = round(s * new / done, 1)
+        out[name] = {"streams_done_s": round(statistics.median(v["done"]), 2)}
+        out[name]["vs_alone"] = ratio(v["done"], v["alone"])
         if v["trace"]:
             out[name].update(
                 trace_s=round(statistics.median(v["trace"]), 2), trace_max_s=round(max(v["trace"]), 2)

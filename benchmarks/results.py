@@ -189,11 +189,11 @@ def render_sizes(record: dict) -> str:
 
 
 def _contention_rows(c: dict) -> list[list[str]]:
-    s, rows = c["streams"], []
-    alone = c["alone"]
-    rows.append(
-        [f"{s} streams × {c['new_tokens']} tokens alone", f"done in {alone['streams_done_s']:.1f} s", "–"]
-    )
+    s, alone = c["streams"], c["alone"]
+    beside = f"(median of {alone['runs']} runs, each beside one below)"
+    rows = [
+        [f"{s} streams × {c['new_tokens']} tokens alone", f"done in {alone['streams_done_s']:.1f} s {beside}"]
+    ]
     cases = [
         ("with_traces", f"{s} streams + {s} traces ({c['trace_tokens']} tokens) arriving at once"),
         ("with_one_trace", f"{s} streams + 1 trace arriving at once"),
@@ -201,13 +201,11 @@ def _contention_rows(c: dict) -> list[list[str]]:
     ]
     for key, label in cases:
         m = c[key]
-        traces = (
-            f"; traces took {m['trace_s']:.1f} s (at most {m['trace_max_s']:.1f})" if "trace_s" in m else ""
-        )
-        rows.append(
-            [label, f"done in {m['streams_done_s']:.1f} s = **{m['vs_alone']:.2f} ×** alone{traces}", "–"]
-        )
-    return rows
+        done = f"done in {m['streams_done_s']:.1f} s: **{m['vs_alone']:.2f} ×** the streams alone beside it"
+        if "trace_s" in m:
+            done += f"; the traces took {m['trace_s']:.1f} s (at most {m['trace_max_s']:.1f})"
+        rows.append([label, done])
+    return [[*row, "–"] for row in rows]
 
 
 def render_inspect(record: dict) -> str:
@@ -217,7 +215,7 @@ def render_inspect(record: dict) -> str:
         rows.append(
             [
                 f"a trace of {n} tokens (`gpt2.trace`) vs one forward pass",
-                f"{m['trace_s']:.3f} s vs {m['forward_s']:.3f} s = **{m['trace_vs_forward']:.2f} ×**"
+                f"{m['trace_s']:.3f} s vs {m['forward_s']:.3f} s: **{m['trace_vs_forward']:.2f} ×**"
                 f" (the engine's prefill: {m['prefill_s']:.3f} s)",
                 f"≤ {t['trace_vs_forward']} ×",
             ]
@@ -226,7 +224,7 @@ def render_inspect(record: dict) -> str:
     rows.append(
         [
             f"the overview of {o['tokens']} tokens (`gpt2.lens_grid`)",
-            f"{o['overview_s']:.2f} s = **{o['overview_vs_forward']:.1f} ×** a forward pass over them",
+            f"{o['overview_s']:.2f} s: **{o['overview_vs_forward']:.1f} ×** a forward pass over them",
             "–",
         ]
     )
@@ -244,8 +242,8 @@ def render_inspect(record: dict) -> str:
         )
     rows += _contention_rows(r["contention"])
     what = (
-        f"{s['model']}, {s['precision']}, median of {s['rounds']} interleaved rounds; HTTP clients in another"
-        " process"
+        f"{s['model']}, {s['precision']}, medians of {s['rounds']} interleaved rounds (of a ratio: of the"
+        " rounds' own); HTTP clients in another process"
     )
     return markdown(["looking inside", "measured", "target"], rows) + "\n\n" + source_note(record, what)
 
