@@ -1,6 +1,9 @@
 """The Gradio Space: GPT-2 streaming token by token, with a look inside the model, and a client API.
 
-    python app.py [--weights weights/ | hf://OWNER/REPO] [--precision fp32|bf16|int8] [--share] [--mcp]
+    python app.py [--weights SOURCE[,SOURCE...]] [--precision auto|PRECISION] [--share] [--mcp]
+
+With no --weights (nor GPT2_WEIGHTS) it serves the converted models in weights/, or, if there are none,
+OpenAI's four sizes from the Hugging Face Hub: 124M loaded at start-up, the others when first chosen.
 
 Wiring only: the page is built by `ui.layout` (its components, named by role), requests are checked,
 scheduled and streamed by `gpt2.serving`, and rendered by `ui.render`; here events meet handlers, which
@@ -16,49 +19,37 @@ API (parameters by name, see README.md, "Using the API"):
 
 # No `from __future__ import annotations`: Gradio reads handler signatures (gr.Request, gr.EventData).
 
-import argparse
-import importlib.util
+if __name__ == "__main__":
+    # Before Gradio is imported (half of the start-up): whether there is anything to serve is known, and
+    # said, within seconds; the first model loads and the engine compiles while Gradio imports.
+    from ui import startup
+
+    STARTED = startup.start()
+
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from gpt2.decoding.batch import BusyError
 from gpt2.decoding.params import BY_NAME
 from gpt2.decoding.probs import token_text
-from gpt2.engine.precision import PRECISIONS
-from gpt2.serving import (
-    ModelRegistry,
-    NoWeightsError,
-    Progress,
-    Server,
-    default_weights,
-    inside,
-    make_inspection,
-    make_request,
-)
-from ui import api, controls, quiet_queue, render, script, share, updates
+from gpt2.serving import LoadError, ModelRegistry, Progress, Server, inside, make_inspection, make_request
+from ui import api, controls, quiet_queue, render, script, share, startup, updates
 from ui.layout import Page, build_page
 from ui.live import LiveView, Snapshot
 
-try:  # Hugging Face ZeroGPU: present on Spaces that use it, a no-op decorator everywhere else.
-    import spaces  # type: ignore[import-not-found]
-except ImportError:
-    spaces = None
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
 PRIVATE = dict(api_visibility="private", queue=False)  # UI-only events; programs use the named endpoints
+LOAD_POLL_S = 0.25  # how often the page hears how a model's load is going
 
 
 def gpu(fn: Callable) -> Callable:
     """`@spaces.GPU` when running on ZeroGPU (borrow a GPU for the call), the function itself otherwise."""
-    return spaces.GPU(fn) if spaces is not None else fn
+    return startup.spaces.GPU(fn) if startup.spaces is not None else fn
 
 
 @dataclass
@@ -73,7 +64,7 @@ class App:
 
 
 def build_app(
-    registry: ModelRegistry | str | os.PathLike[str] = DEFAULT_WEIGHTS,
+    registry: ModelRegistry | str | os.PathLike[str] = startup.DEFAULT_WEIGHTS,
     *,
     server: Server | None = None,
     max_batch: int = 8,
@@ -118,6 +109,8 @@ def client_errors() -> Iterator[None]:
         raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
     except BusyError as exc:  # every batch slot and queue place is taken
         raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
+    except LoadError as exc:  # a failed download, not enough memory, ...: the next request retries
+        raise gr.Error(str(exc), title="Model not loaded", print_exception=False) from None
 
 
 def runner(registry: ModelRegistry, server: Server) -> Callable[..., Iterator[Progress]]:
@@ -150,9 +143,8 @@ def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts
 
     def generation(pick, inputs: dict, fresh: bool):
         values = {name: controls.to_api(BY_NAME[name], value) for name, value in inputs.items()}
-        model = values["model"]
-        if isinstance(model, str) and model in registry.names and not registry.is_loaded(model):
-            yield {page.status: f"⏳ loading model **{model}** on {registry.device}…"}
+        for line in loading_lines(registry, values["model"]):
+            yield {page.status: line}
         view, first = LiveView(chosen=int(pick or 1) - 1), True
         for p in run(values, with_probs=True):
             view.update(p)
@@ -218,6 +210,18 @@ def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts
     page.pick.input(choose_sample, [page.view, page.pick], [page.tokens, page.summary], **PRIVATE)
 
 
+def loading_lines(registry: ModelRegistry, name: object) -> Iterator[str]:
+    """The status line every LOAD_POLL_S while model `name` loads (nothing when it is loaded; a name that is
+    not a model's is the request's own check to report). A failed load is reported by the run after it."""
+    try:
+        state = registry.load(registry.check_name(name))
+    except ValueError:
+        return
+    while state is not None and not state.finished.is_set():
+        yield render.loading_line(state)
+        state.wait(LOAD_POLL_S)
+
+
 def wire_inside(page: Page, registry: ModelRegistry, run_opts: dict) -> None:
     """A tap on a token (in the token view, or a column of the overview): the Inside view of that token,
     then the overview of the text, computed once per text. Both run the model, so they go through the
@@ -277,61 +281,22 @@ def wire_links(blocks: gr.Blocks, page: Page, registry: ModelRegistry) -> None:
     blocks.load(open_link, None, [*page.inputs.values(), page.link_notes], show_progress="hidden", **PRIVATE)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Serve the GPT-2 demo (host/port: GRADIO_SERVER_NAME/PORT).")
-    ap.add_argument(
-        "--weights",
-        default=default_weights(DEFAULT_WEIGHTS),
-        help="a converted .safetensors file or folder, or hf://OWNER/REPO[@REVISION][/FILE] (GPT2_WEIGHTS)",
-    )
-    ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link")
-    ap.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=os.environ.get("GPT2_PRECISION", "fp32"),
-        help="CPU weights: fp32 (exact), bf16 or int8 (fewer bytes per token, see README 'Speed')",
-    )
-    mcp_env = os.environ.get("GPT2_MCP", "").lower() in ("1", "true", "yes")
-    ap.add_argument("--mcp", action="store_true", default=mcp_env, help="also serve the API as MCP tools")
-    return ap.parse_args(argv)
-
-
-def max_batch_from_env() -> int:
-    """GPT2_MAX_BATCH (default 8): requests decoded together; 1 = one at a time. ZeroGPU: 1 (its GPU
-    exists only inside each handler call, not in the scheduler's worker thread)."""
-    value = os.environ.get("GPT2_MAX_BATCH", "8").strip()
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"GPT2_MAX_BATCH must be a whole number >= 1, got {value!r}")
-    return 1 if spaces is not None else int(value)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.mcp and importlib.util.find_spec("mcp") is None:
-        sys.exit("--mcp needs Gradio's MCP extra: pip install 'gradio[mcp]==6.31.0'")
-    try:
-        registry = ModelRegistry.from_path(args.weights, precision=args.precision)
-        max_batch = max_batch_from_env()
-    except (NoWeightsError, ValueError, RuntimeError) as exc:
-        sys.exit(str(exc))
-    print(f"models: {', '.join(registry.names)} · device: {registry.device_label}", flush=True)
-    try:  # load the default model now (the first visitor should not wait); say which engine decodes it
-        print(f"decode engine: {registry.engine_line()} · batch: {max_batch}", flush=True)
-    except ValueError as exc:  # e.g. a HubError: a missing repo, or no network and nothing cached
-        sys.exit(str(exc))
-    blocks = build_demo(registry, max_batch=max_batch)
+def main(argv: list[str] | None = None, started: startup.Started | None = None) -> None:
+    started = started or startup.start(argv)
+    startup.finish(started)
+    blocks = build_demo(started.registry, max_batch=started.max_batch)
     # Spaces routes traffic to 0.0.0.0:7860; elsewhere Gradio's own defaults and env vars apply.
     server_name = None
     if os.environ.get("SPACE_ID") and not os.environ.get("GRADIO_SERVER_NAME"):
         server_name = "0.0.0.0"
     blocks.launch(
         server_name=server_name,
-        share=args.share or None,
-        mcp_server=args.mcp or None,
+        share=started.args.share or None,
+        mcp_server=started.args.mcp or None,
         theme=gr.themes.Soft(),
         footer_links=["api", "gradio"],
     )
 
 
 if __name__ == "__main__":
-    main()
+    main(started=STARTED)

@@ -4,6 +4,7 @@
     python -m convert --source-dir models/124M      # an OpenAI-layout folder already on disk
     python -m convert --from-pth model_and_optimizer.pth --size 124M --name my-finetune
     python -m convert --from-hf path/to/distilgpt2  # a Hugging Face GPT-2 folder
+    python -m convert --model 774M --precision int8 # packed for serving: loads without an fp32 copy
 
 Any of them (or `--from-weights weights/gpt2-124M.safetensors`, a file made earlier) can leave in the Hub's
 GPT-2 layout instead, for transformers, vLLM or TGI, and be published:
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: weights/)")
     p.add_argument(
         "--dtype", choices=DTYPE_NAMES, default="float32", help="stored precision (default float32)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        metavar="NAME",
+        help="pack the linear layers for serving, e.g. int8 (see gpt2.PRECISIONS): a smaller file that the "
+        "app and gpt2.load_model load as it is, never in fp32 (default fp32: plain tensors)",
     )
     p.add_argument(
         "--name", help="model name shown in the app (letters, digits, -_.); default: size or file name"
@@ -147,6 +155,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConvertError(f"--bpe-dir {args.bpe_dir} is not a directory")
     if args.private and not args.push:
         raise ConvertError("--private applies to --push only")
+    if args.precision != "fp32":
+        from gpt2 import PRECISIONS
+
+        if args.precision not in PRECISIONS:
+            raise ConvertError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+        if args.dtype != "float32":
+            raise ConvertError(
+                "--dtype applies to fp32 files; a packed file stores its precision's own types"
+            )
+        if args.to_hf or args.push:
+            raise ConvertError("--precision packs weights for this app; the Hub's layout takes --dtype")
     if args.out is not None and (args.to_hf or args.push):
         raise ConvertError(
             "--out is the app's weights/ folder; an export goes to --to-hf DIR (or only to --push)"
@@ -242,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
     if args.to_hf or args.push:
         export(args, src, name, bpe_dir)
     else:
+        if args.precision != "fp32":
+            import gpt2
+
+            print(f"packing the linear layers as {args.precision}", file=sys.stderr)
+            gpt2.prepare(src.model, args.precision, engine=False)
         out = args.out or DEFAULT_OUT
         summary = write_output(
             src.model, out, name=name, dtype=args.dtype, source=src.description, bpe_dir=bpe_dir

@@ -83,6 +83,7 @@ class Summary:
     tied_head: bool
     config: GPT2Config
     tokenizer_files: bool  # whether encoder.json and vocab.bpe are now beside the model
+    precision: str = "fp32"  # a packed model's (then `dtype` does not apply)
 
     def lines(self) -> list[str]:
         c = self.config
@@ -91,7 +92,9 @@ class Summary:
             f"  name        {self.name}",
             f"  parameters  {self.parameters:,} (n_layer={c.n_layer}, n_embd={c.n_embd}, n_head={c.n_head}, "
             f"n_ctx={c.n_ctx}, {'tied' if self.tied_head else 'separate'} output head)",
-            f"  dtype       {self.dtype}",
+            f"  dtype       {self.dtype}"
+            if self.precision == "fp32"
+            else f"  precision   {self.precision} (packed: loads as it is)",
             f"  bytes       {self.bytes:,}",
             f"  sha256      {self.sha256}",
         ]
@@ -132,7 +135,8 @@ def write_output(
     source: str = "",
     bpe_dir: Path | None = None,
 ) -> Summary:
-    """Write `gpt2-<name>.safetensors` (and the tokenizer files, from `bpe_dir`) into `out_dir`.
+    """Write `gpt2-<name>.safetensors` (and the tokenizer files, from `bpe_dir`) into `out_dir`; a packed
+    model (`gpt2.prepare(model, "int8")`, ...) as it is packed (`dtype` applies to fp32 models only).
 
     All-or-nothing: everything is first written under temporary `*.partial` names and only renamed
     into place once all of it is complete, so an error (or Ctrl-C) leaves `out_dir` as it was.
@@ -151,7 +155,8 @@ def write_output(
     try:
         tmp_model = out_dir / f".{final.name}.staged.partial"
         staged.append((tmp_model, final))
-        save_model(model, tmp_model, name=name, dtype=DTYPES[dtype], source=source)
+        packed = model.runtime.precision != "fp32"
+        save_model(model, tmp_model, name=name, dtype=None if packed else DTYPES[dtype], source=source)
         if bpe_dir is not None:
             for fname, expected in BPE_FILE_SHA256.items():
                 target = out_dir / fname
@@ -186,4 +191,5 @@ def write_output(
         tied_head=model.config.tied_head,
         config=model.config,
         tokenizer_files=has_bpe,
+        precision=model.runtime.precision,
     )

@@ -16,20 +16,18 @@ pytestmark = pytest.mark.slow  # builds a wheel and starts a fresh Python
 
 
 def test_installed_package_generates_outside_the_checkout(tmp_path):
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "source"
+    # The checkout's tracked files, copied: setuptools builds in the source tree, which must stay clean.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        if not (ROOT / name).is_file():  # deleted in the working tree, not yet in git
+            continue
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target"]
     build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            ".",
-        ],
-        cwd=ROOT,
+        [*install, str(target), "."],
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,5 +1,5 @@
 """The app's presentation: HTML rendering, static CSS, share links, the page's words and scripts
-(app.py wires them to Gradio)."""
+(app.py wires them to Gradio); and its start-up before Gradio is imported (`startup`)."""
 
 from pathlib import Path
 

@@ -16,12 +16,20 @@ declarations: adding a parameter there adds it to every endpoint, in the same pl
 # No `from __future__ import annotations`: Gradio reads the endpoint functions' annotations at runtime.
 
 import inspect
+import json
+import re
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import gradio as gr
+from fastapi import Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from gradio.route_utils import FnIndexInferError
 
+from gpt2.decoding.params import BY_NAME as PARAMS_BY_NAME
 from gpt2.decoding.params import (
     INSPECT_PARAMS,
     REQUEST,
@@ -81,6 +89,7 @@ ENDPOINTS = (
 )
 BY_NAME = {e.name: e for e in ENDPOINTS}
 INSPECT = "inspect"
+NAMES = (*BY_NAME, INSPECT)  # every endpoint a program can call
 INSPECT_DOC = (
     "Look inside GPT-2 at one token of a text: the weight each attention head gives every token up to it, "
     "what each layer would predict next (the logit lens: the top 5 after the embeddings and after each "
@@ -175,15 +184,60 @@ def complete(api_name: str, sig: inspect.Signature, inputs: list) -> None:
     inputs.extend(q.default for q in declared[len(inputs) :])
 
 
+# Where programs call an endpoint with a body of their own: Gradio's REST API (/call/NAME, /run/NAME and
+# /api/NAME, under /gradio_api). Its other routes (the clients' queue) keep Gradio's answers.
+REST_PATH = re.compile(r"/(call|run|api)/[^/]+/?")
+EXAMPLE_BODY = json.dumps({"data": [PARAMS_BY_NAME["prompt"].example]})
+
+
+def body_error(exc: RequestValidationError, content_type: str) -> str:
+    """One line for a REST body FastAPI could not read as the call's JSON object."""
+    first = (exc.errors() or [{}])[0]
+    fix = f"send a JSON object like {EXAMPLE_BODY} with Content-Type: application/json"
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return f"the request body is empty: {fix}"
+    if first.get("type") == "json_invalid":
+        where = first.get("loc", ("body", 0))[-1]
+        why = first.get("ctx", {}).get("error", "not JSON")
+        return f"the request body is not JSON ({why} at character {where}): {fix}"
+    if "json" not in content_type.lower():
+        return f"the request body must be JSON (it was sent as {content_type[:60] or 'no type'}): {fix}"
+    where = ".".join(str(part) for part in first.get("loc", ("body",)))
+    return f"invalid request body at {where}: {first.get('msg', 'not what the call takes')}: {fix}"
+
+
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if not REST_PATH.search(request.url.path):
+        return await request_validation_exception_handler(request, exc)
+    return JSONResponse({"detail": body_error(exc, request.headers.get("content-type", ""))}, status_code=400)
+
+
+async def _unknown_endpoint(request: Request, exc: FnIndexInferError) -> JSONResponse:
+    name = str(request.path_params.get("api_name", ""))[:80]
+    known = ", ".join(f"/{known}" for known in NAMES)
+    return JSONResponse({"detail": f"no endpoint /{name} here; the endpoints are {known}"}, status_code=404)
+
+
 class Blocks(gr.Blocks):
     """gr.Blocks whose API endpoints take a REST call with fewer inputs than they have parameters (the
     rest get their defaults) and answer a wrong number of inputs with a message (Gradio's own check sends
-    `{"error": null}` and prints a traceback). Gradio's clients send every parameter by name."""
+    `{"error": null}` and prints a traceback). Gradio's clients send every parameter by name.
+
+    A REST body that is not the call's JSON object gets a 400 with one line saying what to send (FastAPI's
+    answer is a 422 holding a list of validation records), and an unknown endpoint a 404 naming the ones
+    there are (Gradio's is a bare 500).
+    """
 
     def validate_inputs(self, block_fn, inputs):  # type: ignore[no-untyped-def]
-        if block_fn.api_name in BY_NAME or block_fn.api_name == INSPECT:
+        if block_fn.api_name in NAMES:
             complete(block_fn.api_name, inspect.signature(block_fn.fn), inputs)
         super().validate_inputs(block_fn, inputs)
+
+    def launch(self, *args, app_kwargs: dict | None = None, **kwargs):  # type: ignore[no-untyped-def]
+        app_kwargs = dict(app_kwargs or {})
+        handlers = {RequestValidationError: _invalid_body, FnIndexInferError: _unknown_endpoint}
+        app_kwargs["exception_handlers"] = {**handlers, **app_kwargs.get("exception_handlers", {})}
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
 
 def _type_name(annotation: object) -> str:

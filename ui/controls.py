@@ -19,9 +19,10 @@ def build(p: Param, registry: ModelRegistry, **options: object) -> gr.Component:
         return gr.Slider(
             lo, hi, value=p.api, step=control.step, label=control.label, info=control.info, elem_id=p.name
         )
-    if isinstance(control, Dropdown):
+    if isinstance(control, Dropdown):  # people read labels ("GPT-2 XL · 1558M · int4"); the value is the name
+        choices = [(registry.label(name), name) for name in registry.names]
         return gr.Dropdown(
-            registry.names, value=registry.default, label=control.label, info=control.info, elem_id=p.name
+            choices, value=registry.default, label=control.label, info=control.info, elem_id=p.name
         )
     assert isinstance(control, Textbox)
     if p.type is str and p.library is not None:  # a text's bounds are its length

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from gpt2.decoding.probs import Alternative, PromptProbs, TokenProbs, continuation_summary
-from gpt2.serving import Progress
+from gpt2.serving import Loading, Progress
 
 CSS = (Path(__file__).with_name("style.css")).read_text()
 INSIDE_CSS = (Path(__file__).with_name("inside.css")).read_text()  # the Inside view and the overview
@@ -23,10 +23,15 @@ def status_line(p: Progress) -> str:
         f"seed `{p.request.seed}`"
         if p.request.n == 1
         else f"seeds `{p.request.seed}`…`{p.request.seed + p.request.n - 1}`",
-        f"{p.model} on {p.device}",
+        f"{p.label or p.model} on {p.device}",
     ]
     state = f"finished ({p.finish_reason})" if p.done else "generating…"
     return " · ".join(parts) + f" · _{state}_"
+
+
+def loading_line(state: Loading) -> str:
+    """The status line while a model loads: "⏳ downloading GPT-2 XL · 1558M · int4: 2.1 / 6.4 GB"."""
+    return f"⏳ {state.line()}"
 
 
 def prob_color(p: float | None) -> str:

@@ -49,16 +49,45 @@ def _private(folder: Path) -> bool:
     return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
+def _key(compiler: str, source: Path = SOURCE) -> str:
+    """What a build depends on: the source, the flags, the compiler and the CPU."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    parts = [source.read_bytes(), " ".join(flags()).encode(), version.encode(), cpu.signature().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _folders() -> tuple[Path, ...]:
+    return cache_dir(), Path(tempfile.gettempdir()) / f"gpt2-handbuilt-{os.getuid()}"
+
+
+def _switched_off() -> str | None:
+    """Why the engine is not even tried here (None when it is)."""
+    if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return f"disabled by {NATIVE_ENV}=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"x86-64 only (this is {platform.machine()})"
+    return None
+
+
+def will_compile() -> bool:
+    """Whether the first `library()` call will compile the library (rather than find this CPU's build in
+    the cache, or not try at all): a start-up can say so, as it takes a few seconds."""
+    if _lib is not None or _reason is not None or _switched_off() is not None:
+        return False
+    try:
+        key = _key(compiler())
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return False
+    return not any((folder / f"decode-{key}.so").is_file() for folder in _folders())
+
+
 def compile_library(compiler: str, source: Path = SOURCE) -> Path:
     """`source` built with `flags()` into the private cache (reused when source, flags, compiler and CPU
     are the same); the path of the shared library."""
-    text = source.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = _key(compiler, source)
     build_flags = flags()
-    parts = [text, " ".join(build_flags).encode(), version.encode(), cpu.signature().encode()]
-    key = hashlib.sha256(b"\0".join(parts))
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"gpt2-handbuilt-{os.getuid()}"):
-        target = folder / f"decode-{key.hexdigest()[:16]}.so"
+    for folder in _folders():
+        target = folder / f"decode-{key}.so"
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not _private(folder):
@@ -108,10 +137,9 @@ def library() -> ctypes.CDLL | None:
         if _lib is not None or _reason is not None:
             return _lib
         try:
-            if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-                raise RuntimeError(f"disabled by {NATIVE_ENV}=0")
-            if platform.machine().lower() not in ("x86_64", "amd64"):
-                raise RuntimeError(f"x86-64 only (this is {platform.machine()})")
+            off = _switched_off()
+            if off is not None:
+                raise RuntimeError(off)
             _lib = load_checked(compile_library(compiler()))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _reason = str(e)

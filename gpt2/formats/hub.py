@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
+from ..config import GPT2Config
+from ..engine import prepare
 from ..model import GPT2
 from .checks import CheckpointError
-from .hf import load_hf_file, parse_config_json
+from .hf import HF_HEAD, config_from_hf, load_hf_file, parse_config_json
 from .stream import TensorFile
-from .weights import FORMAT, load_model
+from .weights import FORMAT, load_model, read_metadata
 
 SCHEME = "hf://"
 DEFAULT_REVISION = "main"
@@ -38,10 +40,17 @@ _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _REVISION_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _FILE_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}")
 _MAX_MESSAGE = 400
+# One quick look before any real request: huggingface_hub retries a refused or timed-out connection with
+# backoff (the file list alone took 25 s against a closed port). Unreachable means "use the cache" at once.
+PROBE_TIMEOUT_S = 3.0
 
 
 class HubError(ValueError):
     """Loading from the Hub failed; the message is one line that says why and what to do."""
+
+
+class HubUnreachable(HubError):
+    """The Hub cannot be asked (offline, or no answer) and the local cache does not hold what was asked."""
 
 
 @dataclass(frozen=True)
@@ -115,41 +124,95 @@ def load_hub_model(
     """Download (or take from the cache) the weights `spec` names and return the model, its linear layers
     packed into `precision` as the file is read (None: fp32, or a packed file's own). `progress(stage,
     done, total)` hears about the download ("download", bytes) and the loading ("load", bytes)."""
+    return load_fetched(fetch(spec, progress), device=device, precision=precision, progress=progress)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A Hub model's files in the local cache, and what they say before any tensor is read: enough to
+    decide its precision and whether it fits in memory."""
+
+    spec: str
+    filename: str  # the weights file's path in the repository
+    weights: Path  # ... and in the local cache
+    file: TensorFile  # the header only, so far
+    config: GPT2Config  # an HF-format model's head counted as untied when its file holds one
+    stored: str  # the file's own precision: "fp32" unless it is one of ours, packed
+    hf_config: dict[str, Any] | None = None  # an HF-format model's parsed config.json
+    config_file: str | None = None  # ... and its path in the repository
+
+
+def fetch(spec: str, progress: Callable[[str, int, int], None] | None = None) -> Fetched:
+    """Download (or find in the cache) the files `spec` names; nothing is loaded yet. `progress("download",
+    done, total)` hears about the weights file's download."""
     s = parse_spec(spec)
     try:
-        model = _load(s, device, precision, progress)
+        return _fetch(s, progress)
+    except HubError as exc:
+        raise type(exc)(f"{spec}: {exc}") from None
+    except CheckpointError as exc:  # a config our GPT2 cannot serve faithfully
+        raise HubError(f"{spec}: {_one_line(str(exc))}") from None
+
+
+def load_fetched(
+    fetched: Fetched,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> GPT2:
+    """The model of `fetch`ed files (see `load_hub_model`); `progress("load", done, total)` as it reads."""
+    spec = fetched.spec
+    fetched.file.progress = None if progress is None else lambda done, total: progress("load", done, total)
+    try:
+        if fetched.hf_config is None:  # this project's own format
+            try:
+                model = load_model(
+                    fetched.weights, device=device, precision=precision, progress=fetched.file.progress
+                )
+            except ValueError as exc:
+                raise HubError(f"{fetched.filename}: {_one_line(str(exc))}") from None
+        else:
+            repo = parse_spec(spec).repo_id
+            where = dict(config_source=f"{repo}/{fetched.config_file}", source=f"{repo}/{fetched.filename}")
+            precision = precision or "fp32"
+            model = load_hf_file(fetched.hf_config, fetched.file, precision=precision, **where)
+            model = prepare(model.to(device), precision)  # in place, as load_model does: the engine bound
     except HubError as exc:
         raise HubError(f"{spec}: {exc}") from None
-    except CheckpointError as exc:  # a config or tensor our GPT2 cannot serve faithfully
+    except CheckpointError as exc:  # a tensor our GPT2 cannot serve faithfully
         raise HubError(f"{spec}: {_one_line(str(exc))}") from None
-    model.runtime.name = model_name_of(s)
+    model.runtime.name = model_name(spec)
     return model
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _load(s: HubSpec, device, precision: str | None, progress) -> GPT2:
+def _fetch(s: HubSpec, progress) -> Fetched:
+    online = _reachable()
     if s.filename is not None:
         weights, config = s.filename, None
     else:
-        weights, config = _choose_files(s, _list_files(s))
-    path = _download(s, weights, progress)
-    loading = None if progress is None else lambda done, total: progress("load", done, total)
+        weights, config = _choose_files(s, _list_files(s, online))
+    path = _download(s, weights, online, progress)
     try:
-        file = TensorFile(path, loading)
+        file = TensorFile(path)
     except ValueError as exc:
         raise HubError(_corrupt(weights, exc)) from None
+    spec = str(s)
     if file.metadata.get("format") == FORMAT:  # this project's own format: hyper-parameters in the metadata
         try:
-            return load_model(path, device=device, precision=precision, progress=loading)
+            meta = read_metadata(path)
         except ValueError as exc:
             raise HubError(f"{weights}: {_one_line(str(exc))}") from None
+        return Fetched(spec, weights, path, file, meta["config"], meta["precision"])
     # Otherwise a Hugging Face-format GPT-2: its config.json sits beside the weights.
     config = config or str(PurePosixPath(weights).parent / "config.json")
-    cfg = parse_config_json(_download(s, config).read_bytes(), f"{s.repo_id}/{config}")
-    where = dict(config_source=f"{s.repo_id}/{config}", source=f"{s.repo_id}/{weights}")
-    return load_hf_file(cfg, file, precision=precision or "fp32", **where).to(device)
+    cfg = parse_config_json(_download(s, config, online).read_bytes(), f"{s.repo_id}/{config}")
+    untied = HF_HEAD in file.entries  # (an HF file may hold a copy of a tied head: counted as untied)
+    ours = config_from_hf(cfg, f"{s.repo_id}/{config}")
+    return Fetched(spec, weights, path, file, replace(ours, tied_head=not untied), "fp32", cfg, config)
 
 
 def _choose_files(s: HubSpec, files: list[str]) -> tuple[str, str | None]:
@@ -178,28 +241,38 @@ def _choose_files(s: HubSpec, files: list[str]) -> tuple[str, str | None]:
     )
 
 
-def _list_files(s: HubSpec) -> list[str]:
-    """The repository's files at the revision: from the Hub, or from the local cache when offline."""
-    from huggingface_hub import HfApi, is_offline_mode
+def _reachable() -> bool:
+    """Whether the Hub answers at all (any HTTP status will do), asked once, quickly; False when offline."""
+    from huggingface_hub import constants, get_session, is_offline_mode
+
+    if is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+    except Exception:  # refused, timed out, no route, bad proxy: all mean "not now"
+        return False
+    return True
+
+
+def _list_files(s: HubSpec, online: bool) -> list[str]:
+    """The repository's files at the revision: from the Hub, or from the local cache if it cannot be asked."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    if not is_offline_mode():
+    if online:
         try:
             # A fresh HfApi reads HF_ENDPOINT (huggingface_hub.constants) now, not at import time.
             return HfApi().list_repo_files(s.repo_id, revision=s.revision)
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:  # a definite answer from the Hub
             raise HubError(_explain(exc, s, "the file list")) from None
-        except Exception as exc:  # unreachable or failing Hub: what is cached still loads
+        except Exception as exc:  # a failing Hub: what is cached still loads
             cached = _cached_files(s)
             if cached is None:
                 raise HubError(_explain(exc, s, "the file list")) from None
             return cached
     cached = _cached_files(s)
     if cached is None:
-        raise HubError(
-            f"HF_HUB_OFFLINE is set and {_where(s)} is not in the local cache ({_cache_dir()}): "
-            "load it once with network access"
-        )
+        raise HubUnreachable(_not_cached(s, "the file list"))
     return cached
 
 
@@ -222,15 +295,26 @@ def _cached_files(s: HubSpec) -> list[str] | None:
     return None
 
 
-def _download(s: HubSpec, filename: str, progress: Callable[[str, int, int], None] | None = None) -> Path:
+def _download(
+    s: HubSpec, filename: str, online: bool = True, progress: Callable[[str, int, int], None] | None = None
+) -> Path:
     """One file through huggingface_hub's cache (which also serves it offline once downloaded); its
     progress bar (size, rate, time left) on the terminal as always, and to `progress` as it goes."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(
-            hf_hub_download(s.repo_id, filename, revision=s.revision, tqdm_class=_reporting(progress))
+            hf_hub_download(
+                s.repo_id,
+                filename,
+                revision=s.revision,
+                tqdm_class=_reporting(progress),
+                local_files_only=not online,
+            )
         )
+    except LocalEntryNotFoundError:
+        raise HubUnreachable(_not_cached(s, filename, online)) from None
     except Exception as exc:  # whatever stopped huggingface_hub is a failed download: say which
         raise HubError(_explain(exc, s, filename)) from None
 
@@ -256,7 +340,7 @@ def _corrupt(name: str, exc: BaseException) -> str:
 
 def _explain(exc: BaseException, s: HubSpec, what: str) -> str:
     """One line for a huggingface_hub failure: what was asked, what went wrong, what to do."""
-    from huggingface_hub import constants, is_offline_mode
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -275,21 +359,25 @@ def _explain(exc: BaseException, s: HubSpec, what: str) -> str:
     if isinstance(exc, RevisionNotFoundError):
         return f"revision {s.revision!r} not found in {s.repo_id}"
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-        if is_offline_mode():
-            return (
-                f"HF_HUB_OFFLINE is set and {what} of {where} is not in the local cache ({_cache_dir()}): "
-                "load it once with network access"
-            )
-        return (
-            f"cannot reach {constants.ENDPOINT} and {what} of {where} is not in the local cache "
-            f"({_cache_dir()}): check the network or HF_ENDPOINT"
-        )
+        return _not_cached(s, what)
     if isinstance(exc, EntryNotFoundError):
         return f"{where} has no file {what!r}"
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         return f"{constants.ENDPOINT} answered HTTP {exc.response.status_code} for {what} of {where}"
     why = f"{type(exc).__name__}: {_one_line(str(exc))}"
     return f"fetching {what} of {where} from {constants.ENDPOINT} failed: {why}"
+
+
+def _not_cached(s: HubSpec, what: str, asked: bool = False) -> str:
+    """Why `what` of `s` is not here: offline, or the Hub did not answer, and the cache does not hold it."""
+    from huggingface_hub import constants, is_offline_mode
+
+    where = f"{what} of {_where(s)} is not in the local cache ({_cache_dir()})"
+    if is_offline_mode():
+        return f"HF_HUB_OFFLINE is set and {where}: load it once with network access"
+    if asked:  # the Hub answered at first, then not for this file
+        return f"{constants.ENDPOINT} stopped answering and {where}: check the network or HF_ENDPOINT"
+    return f"cannot reach {constants.ENDPOINT} and {where}: check the network or HF_ENDPOINT"
 
 
 def _where(s: HubSpec) -> str:

@@ -50,10 +50,12 @@ def make_inspection(
 
 def inspect(registry: ModelRegistry, ids: list[int], position: int, name: str) -> dict:
     """The trace of token `position` of `ids` under model `name` (`Trace.to_dict`: the JSON `/inspect`
-    returns). A position outside `ids` is a ValueError."""
-    return trace(registry.get(name), ids, position).to_dict(registry.tokenizer)
+    returns). A position outside `ids` is a ValueError; a model that cannot be loaded a LoadError."""
+    with registry.using(name) as model:  # kept loaded (never unloaded to make room) while it runs
+        return trace(model, ids, position).to_dict(registry.tokenizer)
 
 
 def overview(registry: ModelRegistry, ids: list[int], name: str, last: int = GRID_LAST) -> dict:
     """Each layer's top next-token guess over the last `last` tokens of `ids` (`LensGrid.to_dict`)."""
-    return lens_grid(registry.get(name), ids, last).to_dict(registry.tokenizer)
+    with registry.using(name) as model:
+        return lens_grid(model, ids, last).to_dict(registry.tokenizer)

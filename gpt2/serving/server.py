@@ -2,7 +2,7 @@
 one streaming driver that turns a request into updates for a UI or an API. No Gradio in here (`app.py`
 is layout and wiring over this module), so all of it is testable without a web server.
 
-    ModelRegistry   converted models by display name, loaded on first use in the serving precision
+    ModelRegistry   models by name, loaded on first use (in the background, within the memory there is)
     Server          per model a `BatchScheduler` (or one sequence at a time), and `stream(...)`, which
                     yields a `Progress` about every `interval` seconds: the texts so far, live numbers,
                     and with `with_probs` what the model thought of each token and of the prompt
@@ -61,9 +61,10 @@ class Progress:
     """What a client sees at an update: each sample's text so far and live numbers."""
 
     request: Request
-    model: str
-    device: str
+    model: str  # the name clients send
+    device: str  # what it runs on
     n_prompt: int
+    label: str = ""  # the model as people read it, with its precision: "GPT-2 XL · 1558M · int4"
     texts: list[str] = field(default_factory=list)
     n_new: int = 0  # tokens generated, all samples together
     elapsed: float = 0.0
@@ -134,6 +135,7 @@ class Server:
         self._lock = threading.Lock()
         self._streaming = 0  # streams open now (all models)
         registry.loaded_hooks.append(self._model_changed)
+        registry.budget.slots = max_batch  # each model's KV budget: a full batch of texts
 
     def update_interval(self) -> float:
         """Seconds between one stream's updates: `interval`, longer when many streams are open, so the
@@ -184,17 +186,23 @@ class Server:
         With `with_probs`, each token is inspected from the logits its step already carries, and the prompt
         is scored from the prefill's own logits (one forward pass for both).
         """
+        # Kept loaded (never unloaded to make room for another) until the stream ends; a model still
+        # loading is waited for, and the clock starts when it is ready.
+        with self.registry.using(name) as model:
+            yield from self._stream(model, request, name, with_probs)
+
+    def _stream(self, model: GPT2, request: Request, name: str, with_probs: bool) -> Iterator[Progress]:
         registry = self.registry
         tokenizer = registry.tokenizer
         start = time.perf_counter()
-        model = registry.get(name)
         ids = prompt_ids(tokenizer, request.prompt)
         n = request.n
         progress = Progress(
             request,
             name,
-            registry.device_label,
+            registry.device,
             n_prompt=len(ids),
+            label=registry.label(name),
             texts=[""] * n,
             finish_reasons=[None] * n,
             tokens=[[] for _ in range(n)] if with_probs else [],

@@ -253,10 +253,13 @@ def test_parse_stop_text():
     assert parse_stop_text("") == [] and parse_stop_text(None) == []
 
 
-def test_no_weights_stops_with_the_convert_command(tmp_path, capsys):
+def test_no_weights_stops_with_the_three_ways_to_get_them(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         app.main(["--weights", str(tmp_path)])
-    assert "python -m convert --model 124M" in str(exc.value.code)
+    said = " ".join(capsys.readouterr().err.split())  # one paragraph, wrapped for the terminal
+    assert exc.value.code == ui.startup.NO_WEIGHTS_STATUS == 2
+    assert f"no converted model in {tmp_path}" in said and "python -m convert --model 124M" in said
+    assert "--weights hf://openai-community/gpt2" in said and "HF_HUB_OFFLINE" in said
 
 
 def test_rendering_is_escaped_and_coloured():

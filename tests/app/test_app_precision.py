@@ -21,9 +21,9 @@ def test_registry_serves_packed_precision(tmp_path_factory, bpe_dir, precision):
     registry = ModelRegistry.from_path(weights, precision=precision)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # where the engine cannot run this precision
-        want_model = load_model(registry.sources[MODEL_NAME], precision=precision)
+        want_model = load_model(registry.sources[MODEL_NAME].origin, precision=precision)
         model = registry.get(MODEL_NAME)
-    assert model.runtime.precision == precision and precision in registry.device_label
+    assert model.runtime.precision == precision and registry.label(MODEL_NAME).endswith(f" · {precision}")
     want = "".join(generate(want_model, registry.tokenizer, PROMPT, **KW))
     request, name = make_request(registry, PROMPT, *KW.values(), None, MODEL_NAME)
     texts = []

@@ -119,7 +119,7 @@ def test_full_scheduler_answers_busy_through_the_api(tmp_path, bpe_dir):
 
 
 def test_the_app_serves_through_the_scheduler_by_default(monkeypatch):
-    import app
+    from ui import startup as app
 
     monkeypatch.delenv("GPT2_MAX_BATCH", raising=False)
     assert app.max_batch_from_env() == 8

@@ -40,8 +40,10 @@ def test_loaded_weights_are_placed_in_advised_huge_pages(tmp_path):
         assert big and loaded.runtime.huge_page_bytes == sum(sizes[t] for t in big)
         for t in big:
             assert t.data_ptr() % memory.HUGE_PAGE == 0 and "hg" in mapping_flags(t.data_ptr())
-        small = loaded.h[0].ln_1.weight  # left where it was
-        assert "hg" not in mapping_flags(small.data_ptr())
+        # small tensors are left where they were: not in a mapping of ours (whether the heap around them is
+        # advised is up to whatever else ran in this process: torch, llama.cpp and glibc share it)
+        small = loaded.h[0].ln_1.weight
+        assert small.data_ptr() not in memory._HUGE and small.data_ptr() % memory.HUGE_PAGE != 0
     idx = torch.randint(0, TINY.n_vocab, (1, 12))
     gc.collect()  # the mappings live as long as the tensors, not the objects that made them
     with torch.no_grad():
