@@ -1,6 +1,7 @@
-"""`/inspect` through every door of the running app (the Python client, plain HTTP as curl sends it, MCP
-and README's examples): exactly the library's `Trace.to_dict` for the same model and text, the same
-numbers as Hugging Face's model on the same weights, and a clear error for every bad input."""
+"""`/inspect` through every door of the running app (the Python and JavaScript clients, plain HTTP as
+curl sends it, MCP and README's examples): exactly the library's `Trace.to_dict` for the same model and
+text, the same numbers as Hugging Face's model on the same weights, and a clear error for every bad
+input."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gradio_client.exceptions import AppError
 from helpers.app_server import APP_CONFIG, MODEL_NAME, rest_call, serve, shared_weights_dir
 from helpers.models import ROOT
 from helpers.reference import hf_from_ours
-from test_clients import adapt, mcp, sse_events
+from test_clients import JS_DIR, adapt, js_client, mcp, sse_events  # noqa: F401 (js_client: a fixture)
 
 import app
 from gpt2 import trace
@@ -153,6 +154,21 @@ def test_mcp_lists_and_calls_inspect(server):
     # Gradio's MCP server writes a tool's dict as a Python literal (str(dict)), as for /generate_with_probs.
     assert ast.literal_eval(result.content[0].text) == library(server, TEXT, 1)
     assert refused.isError and "position must be a token index from 0 to 3" in refused.content[0].text
+
+
+def run_js_inspect(url: str, *args: object) -> subprocess.CompletedProcess:
+    argv = [shutil.which("node"), str(JS_DIR / "inspect.mjs"), url, *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.usefixtures("js_client")  # installs the pinned @gradio/client (or skips without node)
+def test_js_client_calls_inspect_and_reports_the_apps_error(server):
+    done = run_js_inspect(server.url, TEXT, 2, MODEL_NAME)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == library(server, TEXT, 2)  # every float: JSON both ways
+    for position, message in [(9, "position must be a token index from 0 to 3"), ("two", "token index")]:
+        refused = run_js_inspect(server.url, TEXT, position)
+        assert refused.returncode == 1 and message in refused.stderr and refused.stderr.count("\n") == 1
 
 
 def readme_block(language: str, needle: str) -> str:
