@@ -260,14 +260,25 @@ def render(name: str, record: dict) -> str:
     return RENDERERS[name](record)
 
 
+def not_measured(name: str) -> str:
+    """What a block says before its benchmark's first saved run on the machine its tables come from."""
+    return (
+        f"Not measured yet: the benchmark's `--save` writes `benchmarks/results/{name}.json`, then"
+        " `python -m benchmarks.results --render` puts its table here."
+    )
+
+
 def render_document(text: str, directory: Path = RESULTS) -> str:
-    """`text` with every results block replaced by the table its results file gives."""
+    """`text` with every results block replaced by the table its results file gives (or, with no file
+    yet, a line saying so)."""
 
     def block(m: re.Match) -> str:
         name = m.group(2)
         if name not in RENDERERS:
             raise SystemExit(f"unknown results block {name!r}; known: {', '.join(RENDERERS)}")
-        return f"{m.group(1)}{render(name, load(name, directory))}\n{m.group(4)}"
+        found = (directory / f"{name}.json").is_file()
+        table = render(name, load(name, directory)) if found else not_measured(name)
+        return f"{m.group(1)}{table}\n{m.group(4)}"
 
     return BLOCK.sub(block, text)
 
