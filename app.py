@@ -10,10 +10,11 @@ scheduled and streamed by `gpt2.serving`, and rendered by `ui.render`; here even
 return updates keyed by component. Host and port come from Gradio's environment (GRADIO_SERVER_NAME,
 GRADIO_SERVER_PORT).
 
-API (all streaming, parameters by name, see README.md, "Using the API"):
+API (parameters by name, see README.md, "Using the API"):
     /generate             the continuation so far, as a string, at each update
     /generate_with_probs  the same plus per-token probabilities, alternatives and perplexity, as JSON
     /generate_samples     n continuations of one prompt decoded side by side, as a list of strings
+    /inspect              one token of a text seen from inside (attention, logit lens, writes), as JSON
 """
 
 # No `from __future__ import annotations`: Gradio reads handler signatures (gr.Request, gr.EventData).
@@ -25,18 +26,21 @@ if __name__ == "__main__":
 
     STARTED = startup.start()
 
+import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gradio as gr
 
 from gpt2.decoding.batch import BusyError
 from gpt2.decoding.params import BY_NAME
-from gpt2.serving import LoadError, ModelRegistry, Progress, Server, make_request
-from ui import api, controls, quiet_queue, render, script, share, startup
+from gpt2.decoding.probs import token_text
+from gpt2.serving import LoadError, ModelRegistry, Progress, Server, inside, make_inspection, make_request
+from ui import api, controls, quiet_queue, render, script, share, startup, updates
 from ui.layout import Page, build_page
-from ui.live import LiveView
+from ui.live import LiveView, Snapshot
 
 CONCURRENCY_ID = "gpt2"  # every event that runs the model shares this group
 PRIVATE = dict(api_visibility="private", queue=False)  # UI-only events; programs use the named endpoints
@@ -78,13 +82,14 @@ def build_app(
     # without it, one at a time on a small CPU (each generation already uses every core).
     concurrency = server.max_batch if server.batching else 1
     run_opts = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=concurrency)
-    run = runner(registry, server)
+    run, look = runner(registry, server), inspector(registry)
     with api.Blocks(title="GPT-2, hand-built") as blocks:
         page = build_page(registry)
         wire_generation(page, run, registry, run_opts)
+        wire_inside(page, registry, run_opts)
         wire_links(blocks, page, registry)
         blocks.load(None, js=script("open_settings.js"), **PRIVATE)  # a wide screen opens the settings
-        api.add_endpoints(run, registry.default, gpu, **run_opts)
+        api.add_endpoints(run, look, registry.default, gpu, **run_opts)
     blocks.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     quiet_queue(blocks)  # Gradio's 1 ms polling cost one HTTP stream ~10% of its speed (ui/__init__.py)
     return App(blocks, registry, server, page)
@@ -95,44 +100,78 @@ def build_demo(*args, **kwargs) -> gr.Blocks:
     return build_app(*args, **kwargs).blocks
 
 
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """Every failure a client can cause, as a readable gr.Error (no traceback in the server's log)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
+    except BusyError as exc:  # every batch slot and queue place is taken
+        raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
+    except LoadError as exc:  # a failed download, not enough memory, ...: the next request retries
+        raise gr.Error(str(exc), title="Model not loaded", print_exception=False) from None
+
+
 def runner(registry: ModelRegistry, server: Server) -> Callable[..., Iterator[Progress]]:
-    """run(values, with_probs): check a request (the declared parameters by name) and stream it; every
-    failure a client can cause becomes a readable gr.Error."""
+    """run(values, with_probs): check a request (the declared parameters by name) and stream it."""
 
     def run(values: dict, with_probs: bool) -> Iterator[Progress]:
-        try:
+        with client_errors():
             request, name = make_request(registry, **values)
             yield from server.stream(request, name, with_probs=with_probs)
-        except ValueError as exc:
-            raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
-        except BusyError as exc:  # every batch slot and queue place is taken
-            raise gr.Error(str(exc), title="Server busy", print_exception=False) from None
-        except LoadError as exc:  # a failed download, not enough memory, ...: the next request retries
-            raise gr.Error(str(exc), title="Model not loaded", print_exception=False) from None
 
     return run
 
 
+def inspector(registry: ModelRegistry) -> Callable[[dict], dict]:
+    """look(values): check an /inspect call (its declared parameters by name) and trace it, on this
+    thread (a handler's: within the same concurrency limit as generation)."""
+
+    def look(values: dict) -> dict:
+        with client_errors():
+            checked = make_inspection(registry, **values)
+            return inside.inspect(registry, checked.ids, checked.position, checked.model)
+
+    return look
+
+
 def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts: dict) -> None:
     """Generate (text or samples, live line, coloured tokens and summary, from one stream), Stop, Clear,
-    the sample picker and the seed buttons."""
+    the sample picker and the seed buttons; and branching: an alternative chosen in the token view
+    continues the text from it (with the same settings and seed), and Back returns to the text before."""
 
-    @gpu
-    def ui_generate(pick, **inputs):
+    def generation(pick, inputs: dict, fresh: bool):
         values = {name: controls.to_api(BY_NAME[name], value) for name, value in inputs.items()}
         for line in loading_lines(registry, values["model"]):
             yield {page.status: line}
         view, first = LiveView(chosen=int(pick or 1) - 1), True
         for p in run(values, with_probs=True):
             view.update(p)
-            update = live_update(page, p, view, values["prompt"])
-            if first:  # set once per generation: later updates must not undo a choice made mid-stream
-                many = p.request.n > 1
-                update[page.pick] = gr.update(
-                    choices=list(range(1, p.request.n + 1)), value=view.chosen + 1, visible=many
-                )
+            update = updates.live(page, p, view, values["prompt"])
+            if first:
+                update |= updates.started(page, p, view, fresh)
                 first = False
             yield update
+
+    @gpu
+    def ui_generate(pick, **inputs):
+        yield from generation(pick, inputs, fresh=True)
+
+    @gpu
+    def ui_continue(pick, **inputs):  # a branch's: Back stays
+        yield from generation(pick, inputs, fresh=False)
+
+    def branch(view: LiveView | None, history: list, prompt: str, seed: str, event: gr.EventData):
+        """The prompt becomes the text up to the token plus the alternative chosen, the seed the one that
+        text was drawn with (ui_continue, next, reads them); the text left is kept for Back."""
+        if view is None:
+            return {page.history: gr.skip()}
+        position, token = getattr(event, "position", None), getattr(event, "token", None)
+        with client_errors():
+            text, seed_used, was = view.branch(position, token, registry.tokenizer.token_bytes)
+        note = render.branched_html(was, token_text(registry.tokenizer, token), position, seed_used)
+        return updates.branched(page, Snapshot(view, prompt, seed), history, text, seed_used, note)
 
     def choose_sample(view: LiveView | None, pick):
         if view is None:
@@ -143,21 +182,29 @@ def wire_generation(page: Page, run: Callable, registry: ModelRegistry, run_opts
     def stopped(status, samples):  # after the cancel has taken effect: every sample says so
         return {page.status: render.stopped(status), page.samples: render.stopped(samples)}
 
-    outputs = [
-        page.text,
-        page.samples,
-        page.status,
-        page.tokens,
-        page.summary,
-        page.seed_used,
-        page.pick,
-        page.view,
+    outputs, history, boxes = updates.outputs(page), updates.history_outputs(page), updates.boxes(page)
+    run_ui = {
+        **run_opts,
+        "api_visibility": "private",
+        "show_progress": "minimal",
+        "inputs_kwargs": page.inputs,
+    }
+    branch_io = ([page.view, page.history, *boxes], [*boxes, page.pick, *history])
+    branched = page.tokens.branch(branch, *branch_io, **PRIVATE)
+    running = [
+        page.generate.click(ui_generate, [page.pick], outputs + history, **run_ui),
+        branched.success(ui_continue, [page.pick], outputs, **run_ui),
     ]
-    run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
-    running = page.generate.click(ui_generate, [page.pick], outputs, inputs_kwargs=page.inputs, **run_ui)
-    page.stop.click(None, cancels=[running], **PRIVATE)
-    running.failure(stopped, [page.status, page.samples], [page.status, page.samples], **PRIVATE)
-    page.clear.click(lambda: cleared(page), None, outputs, cancels=[running], **PRIVATE)
+    page.tokens.branch(None, cancels=running, **PRIVATE)  # a branch ends the generation it leaves
+
+    def back(history: list):
+        return updates.went_back(page, history)
+
+    page.back.click(back, page.history, outputs + history + boxes, cancels=running, **PRIVATE)
+    page.stop.click(None, cancels=running, **PRIVATE)
+    for event in running:
+        event.failure(stopped, [page.status, page.samples], [page.status, page.samples], **PRIVATE)
+    page.clear.click(lambda: updates.cleared(page), None, outputs + history, cancels=running, **PRIVATE)
     page.reuse.click(lambda seed: seed, page.seed_used, page.inputs["seed"], **PRIVATE)
     page.samples.click(seed_of_sample, None, page.inputs["seed"], **PRIVATE)
     page.pick.input(choose_sample, [page.view, page.pick], [page.tokens, page.summary], **PRIVATE)
@@ -175,31 +222,36 @@ def loading_lines(registry: ModelRegistry, name: object) -> Iterator[str]:
         state.wait(LOAD_POLL_S)
 
 
-def live_update(page: Page, p: Progress, view: LiveView, prompt: str) -> dict:
-    """The page at an update of a generation: one text, or each sample's column."""
-    many = p.request.n > 1
-    return {
-        page.text: gr.update(value=prompt + p.text, visible=not many),
-        page.samples: gr.update(value=render.samples_html(p) if many else "", visible=many),
-        page.status: render.status_line(p),
-        page.tokens: view.tokens_html(),
-        page.summary: view.summary_html(),
-        page.seed_used: str(p.request.seed),
-        page.view: view,
-    }
+def wire_inside(page: Page, registry: ModelRegistry, run_opts: dict) -> None:
+    """A tap on a token (in the token view, or a column of the overview): the Inside view of that token,
+    then the overview of the text, computed once per text. Both run the model, so they go through the
+    same queue and concurrency limit as generation. Their numbers go to the page as JSON text: Gradio's
+    front end copies and compares every value it is sent, which took a second for the nested lists of
+    a 256-token trace of 124M, and no time for one string."""
 
+    @gpu
+    def ui_inspect(view: LiveView | None, event: gr.EventData):
+        ids = view.ids() if view is not None else []
+        if not ids:
+            return {page.inside: gr.skip()}
+        with client_errors():
+            traced = inside.inspect(registry, ids, getattr(event, "position", None), view.model)
+        return {page.inside: {"model": view.model, "trace": json.dumps(traced)}}
 
-def cleared(page: Page) -> dict:
-    hide = gr.update(value="", visible=False)
-    return {
-        page.text: gr.update(value="", visible=True),
-        page.samples: hide,
-        page.status: "Ready.",
-        page.tokens: render.tokens_html("", []),
-        page.summary: render.summary_html(None),
-        page.seed_used: "",
-        page.pick: hide,
-    }
+    @gpu
+    def ui_overview(view: LiveView | None):
+        ids = view.ids() if view is not None else []
+        if not ids or view.overview_of == (view.model, ids):
+            return {page.overview: gr.skip()}
+        with client_errors():
+            grid = inside.overview(registry, ids, view.model)
+        view.overview_of = (view.model, ids)
+        return {page.overview: {"model": view.model, "overview": json.dumps(grid)}}
+
+    run_ui = {**run_opts, "api_visibility": "private", "show_progress": "minimal"}
+    for picture in (page.tokens, page.overview):
+        looked = picture.inspect(ui_inspect, page.view, page.inside, **run_ui)
+        looked.success(ui_overview, page.view, page.overview, **run_ui)
 
 
 def seed_of_sample(event: gr.EventData):  # a sample's "use seed" button (ui/samples.js)

@@ -9,7 +9,7 @@
   which of our precisions.
 - Memory: `rss_mb` reads a process's resident set from /proc (peak, anonymous, file-backed).
 - The app: `running_app` starts `app.py` on 127.0.0.1, and `call_api` is the one client of its plain
-  HTTP event-stream API.
+  HTTP event-stream API; `Clients` makes such calls at the same instant from a process of their own.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import contextlib
 import functools
 import importlib.metadata
 import json
+import multiprocessing as mp
 import os
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -363,3 +365,49 @@ def call_api(url: str, api: str, data: list, timeout: float) -> ApiCall:
         return done("timeout", f"no answer within {timeout:.0f} s")
     except requests.RequestException as exc:
         return done("error", f"{type(exc).__name__}: {exc}"[:200])
+
+
+# The clients: a process of their own, as remote programs are (the benchmark's own threads would take the
+# same cores' time as the app's), making calls at the same instant, each from a thread.
+
+
+def client_main(url: str, conn) -> None:
+    """Serve a benchmark's jobs: (api, [inputs, ...]) -> those calls made at the same time, each from its
+    own thread, answered as {"wall": seconds, "calls": [ApiCall, ...]}. `api` is one endpoint for every
+    call, or a list: each call's own."""
+    while (job := conn.recv()) is not None:
+        api, inputs = job
+        apis = [api] * len(inputs) if isinstance(api, str) else api
+        calls: list = [None] * len(inputs)
+
+        def call(i: int, apis: list = apis, inputs: list = inputs, calls: list = calls) -> None:
+            calls[i] = call_api(url, apis[i], inputs[i], timeout=600)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        conn.send({"wall": time.perf_counter() - start, "calls": calls})
+
+
+class Clients:
+    """The client process, seen from the benchmark."""
+
+    def __init__(self, url: str) -> None:
+        self.conn, child = mp.get_context("spawn").Pipe()
+        self.process = mp.get_context("spawn").Process(target=client_main, args=(url, child), daemon=True)
+        self.process.start()
+
+    def call(self, api: str | list[str], inputs: list[list]) -> dict:
+        self.conn.send((api, inputs))
+        answer = self.conn.recv()
+        failed = [c for c in answer["calls"] if c.outcome != "ok"]
+        if failed:
+            raise SystemExit(f"a call failed: {failed[0].outcome}: {failed[0].output}")
+        return answer
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=10)

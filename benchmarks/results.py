@@ -212,11 +212,72 @@ def render_fidelity(record: dict) -> str:
     return markdown(header, rows) + "\n\n" + source_note(record, what)
 
 
+def _contention_rows(c: dict) -> list[list[str]]:
+    s, alone = c["streams"], c["alone"]
+    beside = f"(median of {alone['runs']} runs, each beside one below)"
+    rows = [
+        [f"{s} streams × {c['new_tokens']} tokens alone", f"done in {alone['streams_done_s']:.1f} s {beside}"]
+    ]
+    cases = [
+        ("with_traces", f"{s} streams + {s} traces ({c['trace_tokens']} tokens) arriving at once"),
+        ("with_one_trace", f"{s} streams + 1 trace arriving at once"),
+        ("one_more_stream", f"{s} streams + 1 more stream arriving at once"),
+    ]
+    for key, label in cases:
+        m = c[key]
+        done = f"done in {m['streams_done_s']:.1f} s: **{m['vs_alone']:.2f} ×** the streams alone beside it"
+        if "trace_s" in m:
+            done += f"; the traces took {m['trace_s']:.1f} s (at most {m['trace_max_s']:.1f})"
+        rows.append([label, done])
+    return [[*row, "–"] for row in rows]
+
+
+def render_inspect(record: dict) -> str:
+    r, t, s = record["results"], record["targets"], record["settings"]
+    rows = []
+    for n, m in r["trace"].items():
+        rows.append(
+            [
+                f"a trace of {n} tokens (`gpt2.trace`) vs one forward pass",
+                f"{m['trace_s']:.3f} s vs {m['forward_s']:.3f} s: **{m['trace_vs_forward']:.2f} ×**"
+                f" (the engine's prefill: {m['prefill_s']:.3f} s)",
+                f"≤ {t['trace_vs_forward']} ×",
+            ]
+        )
+    o = r["overview"]
+    rows.append(
+        [
+            f"the overview of {o['tokens']} tokens (`gpt2.lens_grid`)",
+            f"{o['overview_s']:.2f} s: **{o['overview_vs_forward']:.1f} ×** a forward pass over them",
+            "–",
+        ]
+    )
+    tap = r["tap"]
+    if "skipped" in tap:
+        rows.append(["a tap to the Inside view drawn, through the app", f"skipped: {tap['skipped']}", "–"])
+    else:
+        rows.append(
+            [
+                f"a tap to the Inside view drawn, through the app, {tap['tokens']} tokens (Chromium)",
+                f"**{tap['tap_to_drawn_ms']} ms** (the first tap {tap['first_tap_ms']} ms; the overview drawn"
+                f" {tap['overview_drawn_after_first_tap_s']:.1f} s after it)",
+                "–",
+            ]
+        )
+    rows += _contention_rows(r["contention"])
+    what = (
+        f"{s['model']}, {s['precision']}, medians of {s['rounds']} interleaved rounds (of a ratio: of the"
+        " rounds' own); HTTP clients in another process"
+    )
+    return markdown(["looking inside", "measured", "target"], rows) + "\n\n" + source_note(record, what)
+
+
 RENDERERS = {
     "decode": render_decode,
     "serving": render_serving,
     "sizes": render_sizes,
     "fidelity": render_fidelity,
+    "inspect": render_inspect,
 }
 
 
@@ -225,14 +286,25 @@ def render(name: str, record: dict) -> str:
     return RENDERERS[name.split("-")[0]](record)
 
 
+def not_measured(name: str) -> str:
+    """What a block says before its benchmark's first saved run on the machine its tables come from."""
+    return (
+        f"Not measured yet: the benchmark's `--save` writes `benchmarks/results/{name}.json`, then"
+        " `python -m benchmarks.results --render` puts its table here."
+    )
+
+
 def render_document(text: str, directory: Path = RESULTS) -> str:
-    """`text` with every results block replaced by the table its results file gives."""
+    """`text` with every results block replaced by the table its results file gives (or, with no file
+    yet, a line saying so)."""
 
     def block(m: re.Match) -> str:
         name = m.group(2)
         if name.split("-")[0] not in RENDERERS:
             raise SystemExit(f"unknown results block {name!r}; known: {', '.join(RENDERERS)}")
-        return f"{m.group(1)}{render(name, load(name, directory))}\n{m.group(4)}"
+        found = (directory / f"{name}.json").is_file()
+        table = render(name, load(name, directory)) if found else not_measured(name)
+        return f"{m.group(1)}{table}\n{m.group(4)}"
 
     return BLOCK.sub(block, text)
 

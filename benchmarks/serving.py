@@ -4,6 +4,7 @@
     python -m benchmarks.serving --rounds 2 --save       # ... and write benchmarks/results/serving.json
     python -m benchmarks.serving --load                  # load test: 16 clients x 5 requests
     python -m benchmarks.serving --load --flood 64       # 64 clients arriving at the same instant
+    python -m benchmarks.serving --inspect --save        # looking inside: traces, taps, streams with traces
 
 It writes random weights of `--size`'s shapes to a temporary folder (or serves `--weights`), starts
 `app.py` on 127.0.0.1 in its own process, and drives it from a separate client process of plain HTTP
@@ -12,23 +13,22 @@ event-stream readers (`common.call_api`), as remote programs would. Round by rou
 simultaneous HTTP streams; then `--samples` samples of one prompt through /generate_samples against one
 through /generate. Prints tok/s (prefill included; per stream and aggregate), time to first token, the
 ratios the targets are stated in, and whether every HTTP text equals the in-process text for its seed.
-`--load` runs the load test instead (`benchmarks.load`).
+`--load` runs the load test instead (`benchmarks.load`), `--inspect` what looking inside a token costs
+(`benchmarks.inside`).
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks import common, load, results
+from benchmarks import common, inside, load, results
 from gpt2 import PRECISIONS, SIZES, generate
 
 MODULE = "benchmarks.serving"
@@ -46,49 +46,6 @@ def api_data(seed: int, new_tokens: int, n: int = 0) -> list:
     return [PROMPT, new_tokens, *settings, seed, None, None] + ([n] if n else [])
 
 
-# ------------------------------------------------------------------ the client process (plain HTTP)
-
-
-def client_main(url: str, conn) -> None:
-    """Serve the benchmark's jobs: (api, [inputs, ...]) -> those calls made at the same time, each from
-    its own thread, answered as {"wall": seconds, "calls": [ApiCall, ...]}."""
-    while (job := conn.recv()) is not None:
-        api, inputs = job
-        calls: list = [None] * len(inputs)
-
-        def call(i: int, api: str = api, inputs: list = inputs, calls: list = calls) -> None:
-            calls[i] = common.call_api(url, api, inputs[i], timeout=600)
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        conn.send({"wall": time.perf_counter() - start, "calls": calls})
-
-
-class Clients:
-    """The client process, seen from the benchmark."""
-
-    def __init__(self, url: str) -> None:
-        self.conn, child = mp.get_context("spawn").Pipe()
-        self.process = mp.get_context("spawn").Process(target=client_main, args=(url, child), daemon=True)
-        self.process.start()
-
-    def call(self, api: str, inputs: list[list]) -> dict:
-        self.conn.send((api, inputs))
-        answer = self.conn.recv()
-        failed = [c for c in answer["calls"] if c.outcome != "ok"]
-        if failed:
-            raise SystemExit(f"/{api} failed: {failed[0].outcome}: {failed[0].output}")
-        return answer
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.process.join(timeout=10)
-
-
 # ------------------------------------------------------------------ the benchmark
 
 
@@ -101,7 +58,7 @@ def in_process(model, tokenizer, seed: int, new_tokens: int) -> dict:
     return {"seconds": time.perf_counter() - start, "ttft": first, "text": "".join(pieces)}
 
 
-def measure_streams(clients: Clients, model, tokenizer, args: argparse.Namespace) -> dict:
+def measure_streams(clients: common.Clients, model, tokenizer, args: argparse.Namespace) -> dict:
     """In-process, one HTTP stream and N HTTP streams, round by round: medians and text checks."""
     m: dict[str, list[float]] = {k: [] for k in ("inproc", "one", "many", "ttft_in", "ttft_http")}
     equal = checked = 0
@@ -137,7 +94,7 @@ def measure_streams(clients: Clients, model, tokenizer, args: argparse.Namespace
     }
 
 
-def measure_samples(clients: Clients, model, tokenizer, args: argparse.Namespace) -> tuple[dict, int]:
+def measure_samples(clients: common.Clients, model, tokenizer, args: argparse.Namespace) -> tuple[dict, int]:
     """n samples of one prompt through /generate_samples against one through /generate, interleaved:
     medians of wall time and time to first token; and how many rounds' samples equalled in-process."""
     n, tokens = args.samples, args.sample_tokens
@@ -162,7 +119,7 @@ def run_api(args: argparse.Namespace, env: dict) -> dict:
         weights = common.weights_folder(Path(tmp), args.size, args.weights, args.layers)
         model, tokenizer = load.reference_model(weights, precision=args.precision)
         with common.running_app(weights, {"GPT2_PRECISION": args.precision, **args.env}) as (url, _):
-            clients = Clients(url)
+            clients = common.Clients(url)
             try:
                 clients.call("generate", [api_data(0, 4)])  # warm-up: the first request starts the scheduler
                 measured = measure_streams(clients, model, tokenizer, args)
@@ -197,6 +154,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads in this process")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the app process")
     p.add_argument("--save", nargs="?", const="", default=None, metavar="FILE", help=results.SAVE_HELP)
+    p.add_argument("--inspect", action="store_true", help="what looking inside costs (benchmarks.inside)")
     load.add_arguments(p)
     args = p.parse_args(argv)
     if any("=" not in kv for kv in args.env):
@@ -211,6 +169,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.weights and not Path(args.weights).is_dir():
         p.error(f"--weights: {args.weights} is not a folder")
     load.check_arguments(p, args)
+    if args.inspect and args.load:
+        p.error("--inspect and --load are two runs: one at a time")
     return args
 
 
@@ -220,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     env = common.environment(MODULE, argv, args.threads)
     print(common.describe_environment(env))
-    record, ok = load.run(args, env) if args.load else (run_api(args, env), True)
+    if args.load:
+        record, ok = load.run(args, env)
+    else:
+        record, ok = (inside.run(args, env) if args.inspect else run_api(args, env)), True
     if args.save is not None:
         path = load.save(record, args.save) if args.load else results.save(record, args.save)
         print(f"saved {path}")

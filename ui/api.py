@@ -1,9 +1,12 @@
 """The client API: three streaming endpoints whose parameters are the declared request parameters
-(`gpt2.decoding.params`), and a gr.Blocks that answers an older client or a wrong call.
+(`gpt2.decoding.params`), one that looks inside a token, and a gr.Blocks that answers an older client or
+a wrong call.
 
     /generate             the continuation so far, as a string, at each update
     /generate_with_probs  the same plus per-token probabilities, alternatives and perplexity, as JSON
     /generate_samples     n continuations of one prompt decoded side by side, as a list of strings
+    /inspect              one token of a text seen from inside: every head's attention from it, every
+                          layer's guess (the logit lens) and each block's writes, as one JSON object
 
 Gradio types each endpoint from its function's signature and annotations and shows its docstring on the
 API page and in MCP tool descriptions, so each function gets a real signature built from the
@@ -28,6 +31,7 @@ from gradio.route_utils import FnIndexInferError
 
 from gpt2.decoding.params import BY_NAME as PARAMS_BY_NAME
 from gpt2.decoding.params import (
+    INSPECT_PARAMS,
     REQUEST,
     REQUIRED,
     SAMPLES,
@@ -84,6 +88,15 @@ ENDPOINTS = (
     ),
 )
 BY_NAME = {e.name: e for e in ENDPOINTS}
+INSPECT = "inspect"
+NAMES = (*BY_NAME, INSPECT)  # every endpoint a program can call
+INSPECT_DOC = (
+    "Look inside GPT-2 at one token of a text: the weight each attention head gives every token up to it, "
+    "what each layer would predict next (the logit lens: the top 5 after the embeddings and after each "
+    "block) and how much each block's attention and MLP wrote there; one JSON object with tokens, "
+    "position, offset, attention[layer][head][token], lens[layer] and writes[layer] (see README.md, "
+    "'Looking inside')."
+)
 
 
 def bounds_text(p: Param) -> str:
@@ -102,6 +115,16 @@ def describe(p: Param) -> str:
     return f"{p.doc} ({bounds})" if bounds else p.doc
 
 
+def _declare(fn: Callable, name: str, doc: str, declared: tuple[Param, ...], sig: inspect.Signature, returns):
+    """Give `fn` the endpoint's name, its docstring (what Gradio shows on the API page and in MCP tool
+    descriptions: each parameter with its bounds) and the declared parameters' real signature."""
+    args = "".join(f"    {p.name}: {describe(p)}\n" for p in declared)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"{doc}\n\nArgs:\n{args}"
+    fn.__signature__ = sig.replace(return_annotation=returns)
+    fn.__annotations__ = {**{p.name: p.type for p in declared}, "return": returns}
+
+
 def endpoint_function(endpoint: Endpoint, run: Run, default_model: str) -> Callable[..., Iterator]:
     """`endpoint` as a function with the declared parameters' real signature: the API's defaults, the
     server's first model, and /generate_samples' two samples."""
@@ -113,18 +136,35 @@ def endpoint_function(endpoint: Endpoint, run: Run, default_model: str) -> Calla
         for progress in run(values.arguments, with_probs=endpoint.with_probs):
             yield endpoint.update(progress)
 
-    args = "".join(f"    {p.name}: {describe(p)}\n" for p in endpoint.params)
-    fn.__name__ = fn.__qualname__ = endpoint.name
-    fn.__doc__ = f"{endpoint.doc}\n\nArgs:\n{args}"
-    fn.__signature__ = sig.replace(return_annotation=endpoint.returns)
-    fn.__annotations__ = {**{p.name: p.type for p in endpoint.params}, "return": endpoint.returns}
+    _declare(fn, endpoint.name, endpoint.doc, endpoint.params, sig, endpoint.returns)
     return fn
 
 
-def add_endpoints(run: Run, default_model: str, wrap: Callable[[Callable], Callable], **options) -> None:
+def inspect_function(look: Callable[[dict], dict], default_model: str) -> Callable[..., dict]:
+    """/inspect as a function with its declared parameters' signature; `look(values by name)` checks
+    them and returns the trace's JSON."""
+    sig = signature(INSPECT_PARAMS, api=True, defaults={"model": default_model})
+
+    def fn(*args, **kwargs):
+        values = sig.bind(*args, **kwargs)
+        values.apply_defaults()
+        return look(values.arguments)
+
+    _declare(fn, INSPECT, INSPECT_DOC, INSPECT_PARAMS, sig, dict)
+    return fn
+
+
+def add_endpoints(
+    run: Run,
+    look: Callable[[dict], dict],
+    default_model: str,
+    wrap: Callable[[Callable], Callable],
+    **options,
+) -> None:
     """Register every endpoint in the Blocks being built, each wrapped by `wrap` (e.g. ZeroGPU's)."""
     for endpoint in ENDPOINTS:
         gr.api(wrap(endpoint_function(endpoint, run, default_model)), api_name=endpoint.name, **options)
+    gr.api(wrap(inspect_function(look, default_model)), api_name=INSPECT, **options)
 
 
 def complete(api_name: str, sig: inspect.Signature, inputs: list) -> None:
@@ -174,7 +214,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 async def _unknown_endpoint(request: Request, exc: FnIndexInferError) -> JSONResponse:
     name = str(request.path_params.get("api_name", ""))[:80]
-    known = ", ".join(f"/{e.name}" for e in ENDPOINTS)
+    known = ", ".join(f"/{known}" for known in NAMES)
     return JSONResponse({"detail": f"no endpoint /{name} here; the endpoints are {known}"}, status_code=404)
 
 
@@ -189,7 +229,7 @@ class Blocks(gr.Blocks):
     """
 
     def validate_inputs(self, block_fn, inputs):  # type: ignore[no-untyped-def]
-        if block_fn.api_name in BY_NAME:
+        if block_fn.api_name in NAMES:
             complete(block_fn.api_name, inspect.signature(block_fn.fn), inputs)
         super().validate_inputs(block_fn, inputs)
 
@@ -209,11 +249,12 @@ def _type_name(annotation: object) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def parameter_table() -> str:
-    """README's table of the API's parameters (tests/app/test_params.py holds README to it)."""
+def parameter_table(declared: tuple[Param, ...] | None = None) -> str:
+    """README's table of the generation endpoints' parameters, or of `declared` (e.g. `INSPECT_PARAMS`);
+    tests/app/test_api_params.py holds README to them."""
     rows = ["| parameter | type | default | range | |", "|---|---|---|---|---|"]
-    for p in params():
-        only = [e.name for e in ENDPOINTS if p in e.params]
+    for p in declared or params():
+        only = [e.name for e in ENDPOINTS if p in e.params] if declared is None else []
         name = f"`{p.name}`" + (f" (`/{only[0]}` only)" if len(only) == 1 else "")
         default = SAMPLES_DEFAULT if p.scope == SAMPLES else p.api
         shown = {REQUIRED: "(required)", None: "null"}.get(default, default)  # type: ignore[call-overload]

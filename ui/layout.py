@@ -2,7 +2,8 @@
 `Page` whose fields name them by role. app.py wires events to them by name, so moving a component or
 adding one changes nothing else.
 
-    ┌ Settings (sidebar) ┐ ┌ prompt, buttons, link, text / samples, status ┐ ┌ token view, summary ┐
+    ┌ Settings (sidebar) ┐ ┌ prompt, buttons, Back, link, text / samples, status ┐ ┌ token view, summary,
+                                                                                 Inside view, overview ┐
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Page:
     stop: gr.Button
     clear: gr.Button
     copy: gr.Button
+    back: gr.Button  # after a branch: the text before it
+    branched: gr.HTML  # what the branch did
+    history: gr.State  # ui.live.Snapshot of each text a branch left, the latest last
     link: gr.Textbox
     page_url: gr.Textbox  # filled in the browser (ui/page_url.js)
     text: gr.Textbox  # one sample: the prompt and its continuation
@@ -39,6 +43,8 @@ class Page:
     pick: gr.Radio  # whose tokens the token view shows
     tokens: gr.HTML
     summary: gr.HTML
+    inside: gr.HTML  # one token seen from inside (ui/inside.js draws it)
+    overview: gr.HTML  # the logit lens over the text (ui/overview.js)
     view: gr.State  # this tab's ui.live.LiveView
 
 
@@ -70,6 +76,9 @@ def text_column(registry: ModelRegistry) -> dict[str, object]:
             stop = gr.Button("Stop", variant="stop", elem_id="stop-button", min_width=80)
             clear = gr.Button("Clear", elem_id="clear", min_width=80)
             copy = gr.Button("Copy link", elem_id="copy-link", min_width=120)
+        with gr.Row(equal_height=False):
+            back = gr.Button("← Back", visible=False, elem_id="back", size="sm", scale=0, min_width=80)
+            branched = gr.HTML(visible=False, elem_id="branched", js_on_load=None)
         link = gr.Textbox(
             label="Link to these settings and this seed", visible=False, elem_id="link", buttons=["copy"]
         )
@@ -85,24 +94,42 @@ def text_column(registry: ModelRegistry) -> dict[str, object]:
         )
         status = gr.Markdown("Ready.", elem_id="status")
         gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Try")
-    buttons = dict(generate=generate, stop=stop, clear=clear, copy=copy)
+    buttons = dict(generate=generate, stop=stop, clear=clear, copy=copy, back=back, branched=branched)
     return dict(prompt=prompt, **buttons, link=link, text=text, samples=samples, status=status)
 
 
 def token_column() -> dict[str, object]:
-    """What the model thought: the sample picker, the coloured tokens and the summary."""
+    """What the model thought: the sample picker, the coloured tokens (a tap looks inside, an alternative
+    branches: ui/tokens.js), the summary, and the Inside view and overview of the token tapped."""
     with gr.Column(scale=2):
         pick = gr.Radio([1], value=1, label="Token view: sample", visible=False, elem_id="pick")
         tokens = gr.HTML(
             render.tokens_html("", []),
             label="Inside the model",
             css_template=render.CSS,
+            js_on_load=script("tokens.js"),
             elem_id="tokens",
             container=True,
             padding=True,
         )
         summary = gr.HTML(render.summary_html(None), css_template=render.CSS, elem_id="summary", padding=True)
-    return dict(pick=pick, tokens=tokens, summary=summary)
+        # Drawn in the browser from the trace's JSON (the template is only their frame).
+        pictures = dict(css_template=render.INSIDE_CSS, padding=True)
+        inside = gr.HTML(
+            None,
+            html_template="<div class='inside-view'></div>",
+            js_on_load=script("pictures.js") + script("inside.js"),
+            elem_id="inside",
+            **pictures,
+        )
+        overview = gr.HTML(
+            None,
+            html_template="<div class='overview-view'></div>",
+            js_on_load=script("pictures.js") + script("overview.js"),
+            elem_id="overview",
+            **pictures,
+        )
+    return dict(pick=pick, tokens=tokens, summary=summary, inside=inside, overview=overview)
 
 
 def build_page(registry: ModelRegistry) -> Page:
@@ -117,5 +144,12 @@ def build_page(registry: ModelRegistry) -> Page:
     built = {**side.pop("inputs"), "prompt": main.pop("prompt")}
     inputs = {p.name: built[p.name] for p in PARAMS}  # the API's order
     return Page(
-        inputs, **side, link_notes=link_notes, page_url=page_url, view=gr.State(None), **main, **inside
+        inputs,
+        **side,
+        link_notes=link_notes,
+        page_url=page_url,
+        view=gr.State(None),
+        history=gr.State([]),
+        **main,
+        **inside,
     )

@@ -7,10 +7,11 @@ import html
 import math
 from pathlib import Path
 
-from gpt2.decoding.probs import PromptProbs, TokenProbs, continuation_summary
+from gpt2.decoding.probs import Alternative, PromptProbs, TokenProbs, continuation_summary
 from gpt2.serving import Loading, Progress
 
 CSS = (Path(__file__).with_name("style.css")).read_text()
+INSIDE_CSS = (Path(__file__).with_name("inside.css")).read_text()  # the Inside view and the overview
 
 
 def status_line(p: Progress) -> str:
@@ -56,15 +57,27 @@ def _label(text: str) -> str:
     return html.escape(repr(text)[1:-1])
 
 
-def token_span(t: TokenProbs) -> str:
-    rows = "".join(
-        f"<tr class='{'chosen' if a.token == t.token else ''}'><td>{_label(a.text)}</td>"
+LOOK = "<button class='look' title='the Inside view, under the token view'>see inside ↓</button>"
+
+
+def _alternative_row(a: Alternative, chosen: bool) -> str:
+    name = _label(a.text)
+    if not chosen:
+        tip = "continue the text from this token instead"
+        name = f"<button class='alt' data-token='{a.token}' title='{tip}'>{name}</button>"
+    return (
+        f"<tr class='{'chosen' if chosen else ''}'><td>{name}</td>"
         f"<td>{_pct(a.prob)}</td><td>{_pct(a.sampled_prob)}</td></tr>"
-        for a in t.alternatives
     )
+
+
+def token_span(t: TokenProbs) -> str:
+    """A generated token: coloured by its probability; its details (and the alternatives, each a button
+    that continues the text from it: ui/tokens.js) in a panel shown on hover or tap."""
+    rows = "".join(_alternative_row(a, chosen=a.token == t.token) for a in t.alternatives)
     tip = (
         f"<span class='tip'><b>{_label(t.text)}</b> · sampled p {_pct(t.prob)} · "
-        f"model p {_pct(t.raw_prob)} · rank {t.rank} · entropy {t.entropy:.2f}"
+        f"model p {_pct(t.raw_prob)} · rank {t.rank} · entropy {t.entropy:.2f} {LOOK}"
         f"<table><tr><th>alternative</th><th>model</th><th>sampled</th></tr>{rows}</table></span>"
     )
     return (
@@ -80,7 +93,8 @@ def prompt_spans(prompt: PromptProbs | None) -> str:
     for t in prompt.tokens:
         p = "—" if t.prob is None else _pct(t.prob)
         tip = f"<span class='tip'><b>{_label(t.text)}</b> · prompt token · p {p}"
-        tip += f" · rank {t.rank}</span>" if t.rank is not None else "</span>"
+        tip += f" · rank {t.rank}" if t.rank is not None else ""
+        tip += f" {LOOK}</span>"
         out.append(
             f"<span class='tok prm' tabindex='0' style='background:{prob_color(t.prob)}'>"
             f"{_show(t.text)}{tip}</span>"
@@ -133,7 +147,8 @@ LEGEND = (
             (1e-4, "≤ 0.01%"),
         ]
     )
-    + " · hover or tap a token for what else the model considered</div>"
+    + " · tap a token to look inside the model there; tap one of its alternatives to continue the text "
+    "from it</div>"
 )
 
 
@@ -157,6 +172,15 @@ def samples_html(p: Progress | None) -> str:
             f"</div><div class='text'>{html.escape(text)}</div></div>"
         )
     return f"<div class='samples' style='--n: {len(columns)}'>{''.join(columns)}</div>"
+
+
+def branched_html(was: str, now: str, position: int, seed: int) -> str:
+    """What a branch did: token `position` (its text `was`) replaced by the alternative `now`."""
+    return (
+        f"Branched at token {position}: <b>{_label(was)}</b> → <b>{_label(now)}</b>. The text up to there "
+        f"plus the alternative is now the prompt, continued with the same settings and seed <code>{seed}"
+        "</code>. <b>Back</b> returns to the text before."
+    )
 
 
 def notes_html(notes: list[str]) -> str:

@@ -11,6 +11,10 @@ A parameter belongs to a scope: REQUEST (how one continuation is made: generate 
 many are made: generate_samples, the scheduler, /generate_samples) or SERVER (which model: the server's
 choice, not part of a `Request`). A new sampler adds its declaration here and its field to
 `SamplingParams`; the library, the scheduler, the endpoints, the page and share links follow.
+
+`INSPECT_PARAMS` are the parameters of looking inside one token (`/inspect`, `gpt2.serving.inside`): a
+text, a token of it, and the model (generation's own declaration). They are not a request's, so they are
+not in `PARAMS`; the page sets them by a click, not with a control.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 REQUIRED = inspect.Parameter.empty
 SAMPLES_DEFAULT = 2  # n where several samples are the point: generate_samples and /generate_samples
-REQUEST, SAMPLES, SERVER = "request", "samples", "server"
+REQUEST, SAMPLES, SERVER, INSPECT = "request", "samples", "server", "inspect"
 
 
 # How the app's page sets a parameter: plain data here (no Gradio in gpt2/); ui/controls.py builds the
@@ -75,7 +79,7 @@ class Param:
     default: object
     api: object
     doc: str  # one line: the API page, MCP tool descriptions, README's table
-    control: Control
+    control: Control | None = None  # None: the page has no control for it (it is set by a click)
     check: Callable[[Param, object, Limits], object] | None = None  # None: checked elsewhere (model)
     library: Bounds | None = None
     serving: Bounds | None = None
@@ -142,6 +146,21 @@ def check_prompt(p: Param, value: object, limits: Limits) -> str:
             "GPT-2 sees only its last 1024 tokens)"
         )
     return value
+
+
+def check_position(p: Param, value: object, limits: Limits) -> int:
+    """A token index (0 for the first) or -1 for the last. Whether the text has that token is checked
+    against its tokens, once they are known (`gpt2.decoding.trace`)."""
+    index = None
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        index = int(value)
+    elif isinstance(value, Real) and not isinstance(value, bool) and _as_float(value).is_integer():
+        index = int(value)  # 3.0 from a client that sends every number as a float
+    if index is None or index < -1:
+        raise ValueError(
+            f"{p.name} must be a token index (0 for the first) or -1 for the last, got {value!r:.40}"
+        )
+    return index
 
 
 def check_seed(p: Param, value: object, limits: Limits) -> int:
@@ -225,6 +244,18 @@ PARAMS: tuple[Param, ...] = (  # in the API's order; a new parameter goes last (
 # fmt: on
 BY_NAME = {p.name: p for p in PARAMS}
 
+# fmt: off
+INSPECT_PARAMS: tuple[Param, ...] = (  # /inspect's, in its order
+    Param("text", str, default=REQUIRED, api=REQUIRED, check=check_prompt, scope=INSPECT,
+          library=BY_NAME["prompt"].library, serving=BY_NAME["prompt"].serving,  # a prompt's length
+          example="The lighthouse keeper",
+          doc="the text, tokenized as a prompt is (nothing prepended); empty is <|endoftext|> alone"),
+    Param("position", int, default=-1, api=-1, check=check_position, scope=INSPECT, example=1,
+          doc="which token to look inside: its index, 0 for the first; -1 for the last"),
+    BY_NAME["model"],
+)
+# fmt: on
+
 
 def params(*scopes: str) -> tuple[Param, ...]:
     """The declared parameters of `scopes` (all of them by default), in the API's order."""
@@ -236,7 +267,7 @@ class Limits:
     `Limits(**bounds)` is the library's with `bounds` replaced, e.g. `Limits(max_new_tokens=(1, 100))`."""
 
     def __init__(self, **bounds: Bounds) -> None:
-        declared = {p.name: p.library for p in PARAMS if p.library is not None}
+        declared = {p.name: p.library for p in (*PARAMS, *INSPECT_PARAMS) if p.library is not None}
         unknown = set(bounds) - set(declared)
         if unknown:
             raise TypeError(f"no bounds for {', '.join(sorted(unknown))} (bounded: {', '.join(declared)})")
@@ -254,7 +285,9 @@ class Limits:
 
 
 LIBRARY = Limits()  # what the model can do
-SERVING = Limits(**{p.name: p.serving for p in PARAMS if p.serving is not None})  # a public server's
+SERVING = Limits(  # a public server's
+    **{p.name: p.serving for p in (*PARAMS, *INSPECT_PARAMS) if p.serving is not None}
+)
 API_DEFAULTS = {p.name: p.api for p in PARAMS if p.api is not REQUIRED}  # the API's and the page's
 
 

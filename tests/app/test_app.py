@@ -84,7 +84,8 @@ def test_generate_streams_and_equals_library(server):
 
 def test_defaults_and_named_parameters(server):
     info = server.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(info) == {"/generate", "/generate_with_probs", "/generate_samples"}  # UI events are private
+    # UI events are private: only the API's endpoints are listed.
+    assert set(info) == {"/generate", "/generate_with_probs", "/generate_samples", "/inspect"}
     params = info["/generate"]["parameters"]
     names = [p["parameter_name"] for p in params]
     assert names == [p.name for p in declared(REQUEST, SERVER)]  # /generate: every one but n

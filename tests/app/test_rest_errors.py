@@ -51,7 +51,7 @@ def test_a_body_that_is_not_the_calls_json_is_a_400_in_one_line(url, door, body,
 def test_an_unknown_endpoint_is_a_404_naming_the_real_ones(url):
     r = requests.post(f"{url}gradio_api/call/nope", json={"data": ["Once"]}, timeout=30)
     assert r.status_code == 404
-    known = "/generate, /generate_with_probs, /generate_samples"
+    known = "/generate, /generate_with_probs, /generate_samples, /inspect"
     assert r.json() == {"detail": f"no endpoint /nope here; the endpoints are {known}"}
 
 

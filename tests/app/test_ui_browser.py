@@ -26,8 +26,9 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, bpe_dir):
+@pytest.fixture(scope="module", name="served")
+def served_app(tmp_path_factory, bpe_dir):
+    """The app as served, on 127.0.0.1, and a Chromium to drive it (other browser modules import it)."""
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

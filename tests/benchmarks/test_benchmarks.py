@@ -214,6 +214,7 @@ def test_decode_refuses_bad_arguments(argv, message, capsys):
         (["--load", "--clients", "65"], "--clients 1..64"),
         (["--samples", "9"], "--samples 0..4"),
         (["--env", "NOEQUALS"], "KEY=VALUE"),
+        (["--inspect", "--load"], "one at a time"),
     ],
 )
 def test_serving_refuses_bad_arguments(argv, message, capsys):
@@ -260,6 +261,25 @@ def test_serving_through_the_http_api(tmp_path):
     assert r["texts_equal"] == r["texts_checked"] == 3
     assert r["one_stream_tok_s"] > 0 and r["streams_tok_s"] > 0 and r["samples"]["many_s"] > 0
     assert results.render_serving(record).splitlines()[0] in proc.stdout
+
+
+def test_inspect_through_the_library_the_app_and_chromium(tmp_path):
+    """Every measurement of `--inspect` runs and lands in its record and its table."""
+    out = tmp_path / "inspect.json"
+    args = ["--layers", "1", "--rounds", "1", "--streams", "2", "--new-tokens", "4", "--save", str(out)]
+    proc = run("serving", "--inspect", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    r = record["results"]
+    assert set(r["trace"]) == {"256", "1024"} and all(
+        m["trace_s"] > 0 < m["forward_s"] for m in r["trace"].values()
+    )
+    assert r["overview"]["tokens"] == 128 and r["overview"]["overview_s"] > 0
+    assert r["tap"].get("tokens") == 256 or "skipped" in r["tap"]
+    contention = r["contention"]
+    assert contention["with_traces"]["trace_s"] > 0 and contention["one_more_stream"]["streams_done_s"] > 0
+    assert results.render_inspect(record).splitlines()[0] in proc.stdout
+    assert record["environment"]["flags"] and "flags:" in proc.stdout
 
 
 def test_load_test_through_the_python_client(tmp_path):

@@ -23,11 +23,13 @@ def test_readme_holds_the_speed_and_serving_tables():
     blocks = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "README.md").read_text())}
     assert blocks == {"decode", "serving"}
     docs = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "docs/benchmarks.md").read_text())}
-    assert "sizes" in docs
+    assert {"sizes", "inspect"} <= docs
 
 
 def test_each_table_says_where_its_numbers_came_from():
-    for name in ("decode", "serving", "sizes"):
+    saved = [name for name in results.RENDERERS if (results.RESULTS / f"{name}.json").is_file()]
+    assert {"decode", "serving", "sizes"} <= set(saved)
+    for name in saved:
         record = results.load(name)
         env, text = record["environment"], results.render(name, record)
         for fact in (env["date"], env["commit"], env["cpu"], env["command"], f"{env['bandwidth_gbs']} GB/s"):
@@ -44,6 +46,15 @@ def test_a_changed_measurement_changes_the_table(tmp_path):
     readme = (results.ROOT / "README.md").read_text()
     rendered = results.render_document(readme, tmp_path)
     assert rendered != readme and "| 12345.6 |" in rendered
+
+
+def test_a_block_without_a_results_file_says_it_is_not_measured_yet(tmp_path):
+    shutil.copytree(results.RESULTS, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "inspect.json").unlink(missing_ok=True)
+    text = "<!-- results:decode -->\n<!-- /results -->\n<!-- results:inspect -->\nold\n<!-- /results -->\n"
+    rendered = results.render_document(text, tmp_path)
+    assert f"<!-- results:inspect -->\n{results.not_measured('inspect')}\n<!-- /results -->" in rendered
+    assert results.render("decode", results.load("decode", tmp_path)) in rendered  # a saved one: its table
 
 
 def test_check_command_reports_a_stale_document(tmp_path, monkeypatch, capsys):
@@ -63,7 +74,7 @@ def test_unknown_blocks_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="unknown results block 'nope'"):
         results.render_document("<!-- results:nope -->\n<!-- /results -->")
     with pytest.raises(SystemExit, match=re.escape(f"no results file {tmp_path / 'decode.json'}")):
-        results.render_document("<!-- results:decode -->\n<!-- /results -->", tmp_path)
+        results.load("decode", tmp_path)
 
 
 def test_variants_follow_the_library_precisions(monkeypatch):
