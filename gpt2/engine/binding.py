@@ -29,9 +29,11 @@ from . import abi, build
 # Since PyTorch's path sends packed layers to the engine's GEMM (gpt2/engine/precision.py), AVX2: bf16 64:
 # 160/164, 96: 222/219, 128: 289/273; int8 512: 1014/1013, 768: 1616/1682, 1000: 2468/2325 (a tie: left as
 # it was). AVX-512 (Xeon, Sapphire Rapids class): bf16 64: 66/75, 96: 98/92; int8 192: 159/159, 256: 215/209.
+# f16 and int4 (Xeon, Emerald Rapids class): f16 64: 102/120, 80: 115/114, 96: 131/128; int4 64: 99/106,
+# 80: 161/139; its x86-64-v3 build: f16 64: 135/150, 96: 204/199; int4 48: 140/133 (docs/engine.md).
 PROMPT_MAX = {
-    512: {"fp32": 32, "bf16": 80, "f16": 80, "int8": 192, "int4": 192},
-    256: {"fp32": 96, "bf16": 80, "f16": 80, "int8": 1024, "int4": 1024},
+    512: {"fp32": 32, "bf16": 80, "f16": 80, "int8": 192, "int4": 64},
+    256: {"fp32": 96, "bf16": 80, "f16": 80, "int8": 1024, "int4": 40},
 }
 HEAD_DIMS = (16, 32, 48, 64)
 

@@ -154,7 +154,7 @@ def adapt(example: str, url: str) -> tuple[str, list]:
     body = re.search(r"-d '(\{.*?\})'", example, flags=re.S)
     assert body, "the README's curl example has no -d '{...}' body"
     data = json.loads(body.group(1))["data"]
-    data[-1] = MODEL_NAME  # the README names a real model (124M); the test server has the fixture one
+    data[-1] = MODEL_NAME  # README: openai-community/gpt2; this server has the fixture
     example = example.replace(body.group(0), f"-d '{json.dumps({'data': data})}'")
     return example, data
 
