@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = ("README.md", "docs/benchmarks.md")
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/engine.md")
 SAVE_HELP = "write the results to benchmarks/results/<benchmark>.json (or to FILE)"
 BLOCK = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -272,12 +272,19 @@ def render_inspect(record: dict) -> str:
     return markdown(["looking inside", "measured", "target"], rows) + "\n\n" + source_note(record, what)
 
 
+def render_first_visit(record: dict) -> str:
+    from benchmarks import first_visit  # it imports this module
+
+    return first_visit.render(record)
+
+
 RENDERERS = {
     "decode": render_decode,
     "serving": render_serving,
     "sizes": render_sizes,
     "fidelity": render_fidelity,
     "inspect": render_inspect,
+    "first_visit": render_first_visit,
 }
 
 

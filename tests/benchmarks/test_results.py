@@ -21,7 +21,7 @@ def test_committed_tables_are_rendered_from_the_results_files():
 
 def test_readme_holds_the_speed_and_serving_tables():
     blocks = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "README.md").read_text())}
-    assert blocks == {"decode", "serving"}
+    assert blocks == {"decode", "serving", "first_visit"}
     docs = {m.group(2) for m in results.BLOCK.finditer((results.ROOT / "docs/benchmarks.md").read_text())}
     assert {"sizes", "inspect"} <= docs
 
