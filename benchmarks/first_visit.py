@@ -41,7 +41,7 @@ DATA = ["Once upon a time", 8, 1.0, 40, 1.0, 1.0, 1]  # /generate's first inputs
 QUICK = GPT2Config(n_ctx=128, n_embd=64, n_head=4, n_layer=2)
 POLL_S = 0.05
 COMPILING = "decode engine: compiling it for this CPU"  # ui/startup.py's line when it builds the engine
-KINDS = {"cold": "engine cache empty", "warm": "engine cache warm"}
+KINDS = results.FIRST_VISIT_KINDS
 
 
 def stand_in_hub():
@@ -162,21 +162,6 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
-def render(record: dict) -> str:
-    """The results as a Markdown table with its source line (as benchmarks.results renders the others)."""
-    r, s = record["results"], record["settings"]
-    rows = [
-        [KINDS[kind], f"{r[kind]['page_s']:.1f} s", f"**{r[kind]['first_token_s']:.1f} s**"] for kind in KINDS
-    ]
-    what = (
-        f"`python app.py` with no arguments, {s['model']} from {s['hub']}, already in HF_HOME; the first"
-        f" /generate call ({s['new_tokens']} new tokens) as soon as the page answers; median of {s['rounds']}"
-        " rounds, the two starts of a round back to back"
-    )
-    header = ["first visit", "page answers after", "first streamed token after"]
-    return results.markdown(header, rows) + "\n\n" + results.source_note(record, what)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="124M", choices=list(SIZES), help="shapes of the random weights")
@@ -208,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": measure(config, rounds, args.timeout),
     }
-    print(render(record))
+    print(results.render_first_visit(record))
     if args.save is not None:
         print(f"saved {results.save(record, args.save)}")
     return 0

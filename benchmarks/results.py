@@ -272,10 +272,22 @@ def render_inspect(record: dict) -> str:
     return markdown(["looking inside", "measured", "target"], rows) + "\n\n" + source_note(record, what)
 
 
-def render_first_visit(record: dict) -> str:
-    from benchmarks import first_visit  # it imports this module
+FIRST_VISIT_KINDS = {"cold": "engine cache empty", "warm": "engine cache warm"}
 
-    return first_visit.render(record)
+
+def render_first_visit(record: dict) -> str:
+    r, s = record["results"], record["settings"]
+    rows = [
+        [label, f"{r[kind]['page_s']:.1f} s", f"**{r[kind]['first_token_s']:.1f} s**"]
+        for kind, label in FIRST_VISIT_KINDS.items()
+    ]
+    what = (
+        f"`python app.py` with no arguments, {s['model']} from {s['hub']}, already in HF_HOME; the first"
+        f" /generate call ({s['new_tokens']} new tokens) as soon as the page answers; median of {s['rounds']}"
+        " rounds, the two starts of a round back to back"
+    )
+    header = ["first visit", "page answers after", "first streamed token after"]
+    return markdown(header, rows) + "\n\n" + source_note(record, what)
 
 
 RENDERERS = {

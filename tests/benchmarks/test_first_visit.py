@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import first_visit
+from benchmarks import first_visit, results
 from gpt2.engine import build
 
 pytestmark = pytest.mark.slow  # starts the app three times
@@ -39,6 +39,6 @@ def test_quick_run_prints_and_saves_the_first_visit(tmp_path):
     engine = build.reason() is None
     assert r["fill"]["compiled"] is engine and r["cold"]["runs"][0]["compiled"] is engine
     assert r["warm"]["runs"][0]["compiled"] is False
-    table = first_visit.render(record)
+    table = results.render_first_visit(record)
     assert f"| engine cache empty | {r['cold']['page_s']:.1f} s |" in table and table in proc.stdout
     assert record["environment"]["commit"] in table and record["environment"]["date"] in table
