@@ -144,8 +144,7 @@ def _fetch_once(
     except requests.RequestException as exc:
         raise DownloadError(f"{url}: {exc}") from None
     with resp:
-        status = resp.status_code
-        if status == 416 and offset:
+        if resp.status_code == 416 and offset:
             # Our partial file already reaches the end (or the server's file changed): check, or restart.
             total = _range_total(resp.headers.get("Content-Range", ""))
             if total == offset:
@@ -153,24 +152,7 @@ def _fetch_once(
                 return
             partial.unlink()
             raise _Retryable("server refused to resume; restarting from the beginning")
-        if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status} {resp.reason}")
-        if status >= 400:
-            hint = " (no such file: check the model size and the base URL)" if status == 404 else ""
-            raise DownloadError(f"{url}: HTTP {status} {resp.reason}{hint}")
-        if status == 206 and offset:
-            match = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset:
-                partial.unlink()
-                raise _Retryable("server answered the resume with the wrong range; restarting")
-            total = None if match.group(3) == "*" else int(match.group(3))
-            mode = "ab"
-        elif status == 200:
-            offset, mode = 0, "wb"  # the server ignored Range (or none was sent): start over
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        else:
-            raise DownloadError(f"{url}: unexpected HTTP {status} {resp.reason}")
+        mode, offset, total = _resume_or_restart(resp, url, partial, offset)
         if expected_size is not None and total is not None and total != expected_size:
             partial.unlink(missing_ok=True)
             raise DownloadError(
@@ -178,28 +160,58 @@ def _fetch_once(
                 "(a wrong file or a broken mirror)"
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(
-            total=total or expected_size,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=dest.name,
-            disable=not progress,
-        )
-        try:
-            with open(partial, mode) as f:
-                for chunk in resp.iter_content(CHUNK):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Retryable(f"connection lost ({type(exc).__name__})") from None
-        finally:
-            bar.close()
+        _write_body(resp, partial, mode, offset, total or expected_size, progress)
     size = partial.stat().st_size
     if total is not None and size < total:
         raise _Retryable(f"connection closed after {size:,} of {total:,} bytes")
     _finish(partial, dest, url, expected_size, sha256)
+
+
+def _resume_or_restart(
+    resp: requests.Response, url: str, partial: Path, offset: int
+) -> tuple[str, int, int | None]:
+    """What an answer to our GET means for the partial file: (open mode, bytes kept, the file's whole
+    size if the server says). Errors the server may get over are `_Retryable`; the rest are final."""
+    status = resp.status_code
+    if status == 429 or status >= 500:
+        raise _Retryable(f"HTTP {status} {resp.reason}")
+    if status >= 400:
+        hint = " (no such file: check the model size and the base URL)" if status == 404 else ""
+        raise DownloadError(f"{url}: HTTP {status} {resp.reason}{hint}")
+    if status == 206 and offset:
+        match = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+        if not match or int(match.group(1)) != offset:
+            partial.unlink()
+            raise _Retryable("server answered the resume with the wrong range; restarting")
+        return "ab", offset, None if match.group(3) == "*" else int(match.group(3))
+    if status == 200:  # the server ignored Range (or none was sent): start over
+        length = resp.headers.get("Content-Length")
+        return "wb", 0, int(length) if length and length.isdigit() else None
+    raise DownloadError(f"{url}: unexpected HTTP {status} {resp.reason}")
+
+
+def _write_body(
+    resp: requests.Response, partial: Path, mode: str, offset: int, total: int | None, progress: bool
+) -> None:
+    """Stream the answer's body into `partial` (a dropped connection is `_Retryable`: the bytes stay)."""
+    bar = tqdm(
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=partial.name.removesuffix(".partial"),
+        disable=not progress,
+    )
+    try:
+        with open(partial, mode) as f:
+            for chunk in resp.iter_content(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise _Retryable(f"connection lost ({type(exc).__name__})") from None
+    finally:
+        bar.close()
 
 
 def _range_total(content_range: str) -> int | None:

@@ -17,13 +17,9 @@ the next step. With nothing to do the worker sleeps on a condition variable, usi
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 
@@ -32,108 +28,13 @@ from ..model import GPT2, KVCache
 from ..tokenizer import Tokenizer
 from .params import LIBRARY, REQUEST, SAMPLES, SAMPLES_DEFAULT, Limits, takes
 from .request import Request
-from .sampling import Kept, SamplingParams
+from .request_stream import Job, RequestStream
+from .sampling import Kept, prepare_sampling
 from .sequence import Sequence, Step, prompt_ids
 
 
 class BusyError(RuntimeError):
     """Every batch slot and queue place is taken: the client should try again shortly."""
-
-
-@dataclass(eq=False)
-class _Job:
-    """One request's state: its samples' sequences and slots, touched only by the worker (except
-    `cancelled`, an Event, and `out`, the queue to the consumer)."""
-
-    request: Request
-    ids: list[int]
-    score_prompt: bool
-    out: queue.Queue = field(default_factory=queue.Queue)  # (sample, Step) | BaseException
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    ended: threading.Event = field(default_factory=threading.Event)  # finished, failed or cancelled
-    seqs: list[Sequence] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    done: bool = False
-
-    @property
-    def n(self) -> int:
-        return self.request.n
-
-
-class RequestStream(Iterator[Step]):
-    """The consumer side of one request: iterate for `Step`s (`step.sample` tells the samples of an n > 1
-    request apart; the stream ends after every sample's final step); `close()`/`cancel()` stops early.
-    Dropping the iterator also cancels, so an abandoned stream cannot hold batch slots."""
-
-    def __init__(self, scheduler: BatchScheduler, job: _Job) -> None:
-        self._scheduler = scheduler
-        self._job = job
-        self._open = job.n  # samples whose final step has not come yet
-        self._finished = False
-
-    def __iter__(self) -> RequestStream:
-        return self
-
-    def __next__(self) -> Step:
-        if self._finished:
-            raise StopIteration
-        while True:
-            try:
-                item = self._job.out.get(timeout=1.0)
-                break
-            except queue.Empty:
-                # Never hang on a worker that is gone (it fails open requests itself when closed).
-                if not self._scheduler._worker.is_alive():
-                    self._finished = True
-                    raise RuntimeError("the scheduler stopped") from None
-        return self._take(item)
-
-    def _take(self, item: Step | BaseException) -> Step:
-        self._scheduler._consumed(self._job)
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        if item.token is None:
-            self._open -= 1
-            self._finished = self._open == 0
-        return item
-
-    def drain(self, until: float | None = None) -> list[Step]:
-        """The steps ready by `until` (a `time.perf_counter()` instant; or now), waiting for at least one
-        (empty once the stream has ended). A consumer that renders updates at its own pace takes what
-        accumulated in one call instead of waking for every token; the request ending wakes it early."""
-        if self._finished:
-            return []
-        steps = [next(self)]
-        if until is not None and not self._finished:
-            wait = until - time.perf_counter()
-            if wait > 0:
-                self._job.ended.wait(wait)
-        while not self._finished:
-            try:
-                item = self._job.out.get_nowait()
-            except queue.Empty:
-                break
-            steps.append(self._take(item))
-        return steps
-
-    def close(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._scheduler._cancel(self._job)
-
-    cancel = close
-
-    def __enter__(self) -> RequestStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Best effort during interpreter shutdown, when the scheduler may already be gone.
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 class BatchScheduler:
@@ -167,8 +68,8 @@ class BatchScheduler:
         self.device = model.wte.weight.device
         self._cache: KVCache | None = None  # allocated at the first request, dropped when idle
         self._free: list[int] = list(range(max_batch))
-        self._active: list[_Job] = []
-        self._waiting: deque[_Job] = deque()
+        self._active: list[Job] = []
+        self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # model steps run for decoding, for tests and monitoring
@@ -188,7 +89,7 @@ class BatchScheduler:
         """Queue a checked request and return its stream of `Step`s (see `RequestStream`)."""
         if request.n > self.max_batch:
             raise ValueError(f"n must be at most {self.max_batch} here (the batch size), got {request.n}")
-        job = _Job(request, prompt_ids(self.tokenizer, request.prompt), score_prompt)
+        job = Job(request, prompt_ids(self.tokenizer, request.prompt), score_prompt)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -202,7 +103,7 @@ class BatchScheduler:
                 )
             self._waiting.append(job)
             self._cond.notify()
-        return RequestStream(self, job)
+        return RequestStream(job, self._worker, on_read=self._consumed, on_close=self._cancel)
 
     def stats(self) -> dict[str, int]:
         """Running and waiting request counts (a snapshot)."""
@@ -227,13 +128,13 @@ class BatchScheduler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         job.cancelled.set()
         job.ended.set()
         with self._cond:
             self._cond.notify()
 
-    def _consumed(self, job: _Job) -> None:
+    def _consumed(self, job: Job) -> None:
         # Wake the worker when a paused request's reader catches up.
         if not job.done and job.out.qsize() < self.max_unread:
             with self._cond:
@@ -262,7 +163,7 @@ class BatchScheduler:
             self._active.clear()
             self._waiting.clear()
 
-    def _admit(self) -> list[_Job]:
+    def _admit(self) -> list[Job]:
         """Move waiting jobs into free slots, first come first served (caller holds the lock)."""
         joining = []
         while self._waiting and len(self._free) >= self._waiting[0].n:
@@ -281,7 +182,7 @@ class BatchScheduler:
             return True
         return any(self._runnable(j) for j in self._active)
 
-    def _runnable(self, job: _Job) -> bool:
+    def _runnable(self, job: Job) -> bool:
         return bool(job.seqs) and not job.cancelled.is_set() and job.out.qsize() < self.max_unread
 
     def _reap(self) -> None:
@@ -290,7 +191,7 @@ class BatchScheduler:
             self._release(job)
         self._waiting = deque(j for j in self._waiting if not j.cancelled.is_set())
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         job.done = True
         job.ended.set()
         if job in self._active:
@@ -299,7 +200,7 @@ class BatchScheduler:
         if not self._active:  # idle: give the cache's memory back (it grows again with the next texts)
             self._cache = None
 
-    def _guarded(self, jobs: list[_Job], fn: Callable[..., None], *args: object) -> None:
+    def _guarded(self, jobs: list[Job], fn: Callable[..., None], *args: object) -> None:
         """Run a model call; if it fails, fail only the requests it was for and keep serving."""
         try:
             fn(*args)
@@ -325,7 +226,7 @@ class BatchScheduler:
             logits_from=logits_from,
         )
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: Job) -> None:
         """Prefill a joining request's prompt once, copy it into the slots of its other samples, and draw
         every sample's first token from those logits (each with its own seed)."""
         r = job.request
@@ -359,7 +260,7 @@ class BatchScheduler:
         is one token; a sequence whose context is full re-prefills its window alone."""
         with self._cond:
             jobs = [j for j in self._active if self._runnable(j)]
-        rows: list[tuple[_Job, int]] = []
+        rows: list[tuple[Job, int]] = []
         for job in jobs:
             for i, seq in enumerate(job.seqs):
                 if seq.done:
@@ -372,14 +273,14 @@ class BatchScheduler:
         if rows:
             self._guarded(list({id(j): j for j, _ in rows}.values()), self._decode, rows)
 
-    def _refill(self, job: _Job, i: int) -> None:
+    def _refill(self, job: Job, i: int) -> None:
         seq = job.seqs[i]
         tokens, start = seq.next_input()
         positions = list(range(start, start + len(tokens)))
         logits = self._forward(tokens, positions, [job.slots[i]] * len(tokens), seq.logits_from)
         self._emit(job, i, seq.advance(logits))
 
-    def _decode(self, rows: list[tuple[_Job, int]]) -> None:
+    def _decode(self, rows: list[tuple[Job, int]]) -> None:
         """One model step for `rows`, then each row's sampling, each guarded on its own."""
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
@@ -396,41 +297,16 @@ class BatchScheduler:
             for (job, i), row, kept in zip(rows, per_row, prepared):
                 self._guarded([job], self._advance, job, i, row, kept)
 
-    def _advance(self, job: _Job, i: int, row: torch.Tensor, kept: Kept | None) -> None:
+    def _advance(self, job: Job, i: int, row: torch.Tensor, kept: Kept | None) -> None:
         self._emit(job, i, job.seqs[i].advance(row, kept))
 
-    def _emit(self, job: _Job, i: int, steps: list[Step]) -> None:
+    def _emit(self, job: Job, i: int, steps: list[Step]) -> None:
         for step in steps:
             step.sample = i
             job.out.put(step)
         if all(seq.done for seq in job.seqs):
             with self._cond:
                 self._release(job)
-
-
-def prepare_sampling(
-    params: list[SamplingParams], seen: list[torch.Tensor], rows: list[torch.Tensor]
-) -> list[Kept | None]:
-    """Each row's `Kept` tokens, the rows that share sampling settings shortlisted in one batched call
-    (one `topk` for all of them). `shortlist` computes every row from that row alone, so a row gets
-    exactly what it would get by itself. None where the sequence samples alone (its whole-vocabulary path).
-    """
-    prepared: list[Kept | None] = [None] * len(rows)
-    groups: dict[SamplingParams, list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault(p, []).append(i)
-    for p, members in groups.items():
-        penalised = p.repetition_penalty != 1.0
-        try:
-            kept = p.shortlist(
-                torch.stack([rows[i] for i in members]),
-                torch.stack([seen[i] for i in members]) if penalised else None,
-            )
-        except Exception:  # leave this group to the per-row path, which fails rows one by one
-            continue
-        for i, row_kept in zip(members, kept):
-            prepared[i] = row_kept
-    return prepared
 
 
 @takes(REQUEST, SAMPLES)

@@ -174,6 +174,31 @@ class SamplingParams:
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def prepare_sampling(
+    params: list[SamplingParams], seen: list[torch.Tensor], rows: list[torch.Tensor]
+) -> list[Kept | None]:
+    """Each row's `Kept` tokens, the rows that share sampling settings shortlisted in one batched call
+    (one `topk` for all of them). `shortlist` computes every row from that row alone, so a row gets
+    exactly what it would get by itself. None where the sequence samples alone (its whole-vocabulary path).
+    """
+    prepared: list[Kept | None] = [None] * len(rows)
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(p, []).append(i)
+    for p, members in groups.items():
+        penalised = p.repetition_penalty != 1.0
+        try:
+            kept = p.shortlist(
+                torch.stack([rows[i] for i in members]),
+                torch.stack([seen[i] for i in members]) if penalised else None,
+            )
+        except Exception:  # leave this group to the per-row path, which fails rows one by one
+            continue
+        for i, row_kept in zip(members, kept):
+            prepared[i] = row_kept
+    return prepared
+
+
 def _top_p(x: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus: keep the smallest set of most likely tokens whose probabilities add up to at least p."""
     probs = torch.softmax(x, dim=-1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import decode, llamacpp, results, serving, sizes
+from benchmarks import decode, fidelity, llamacpp, results, serving, sizes
 from gpt2 import GPT2, GPT2Config
 from gpt2.engine import build
 
@@ -184,42 +184,32 @@ def test_sizes_verdict_picks_the_largest_that_fits():
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "command, argv, message",
     [
-        (["--variants", "hf,nope"], "unknown variants ['nope']"),
-        (["--sizes", "2B"], "unknown ['2B']"),
-        (["--sizes", "124M", "--variants", "hf"], "our precisions only"),
-        (["--streams", "3"], "go with --sizes"),
-        (["--small-pages"], "go with --steps"),
-        (["--steps", "0"], "--steps x (warm + 1)"),
-        (["--steps", "--variants", "llama-f32"], "our precisions"),
-        (["--ab", "no-such.c", "no-such.c"], "no such file"),
-        (["--rows", "1"], "go with --ab"),
-        (["--sizes", "124M", "--steps"], "not allowed with"),
-        (["--prefill-tokens", "8"], "at least 17"),
-        (["--new-tokens", "1"], "need --new-tokens >= 2"),
+        ("decode", ["--variants", "hf,nope"], "unknown variants ['nope']"),
+        ("decode", ["--sizes", "2B"], "unknown ['2B']"),
+        ("decode", ["--sizes", "124M", "--variants", "hf"], "our precisions only"),
+        ("decode", ["--streams", "3"], "go with --sizes"),
+        ("decode", ["--small-pages"], "go with --steps"),
+        ("decode", ["--steps", "0"], "--steps x (warm + 1)"),
+        ("decode", ["--steps", "--variants", "llama-f32"], "our precisions"),
+        ("decode", ["--ab", "no-such.c", "no-such.c"], "no such file"),
+        ("decode", ["--rows", "1"], "go with --ab"),
+        ("decode", ["--sizes", "124M", "--steps"], "not allowed with"),
+        ("decode", ["--prefill-tokens", "8"], "at least 17"),
+        ("decode", ["--new-tokens", "1"], "need --new-tokens >= 2"),
+        ("serving", ["--flood", "4"], "goes with --load"),
+        ("serving", ["--load", "--flood", "4", "--sequential", "5"], "not with --sequential"),
+        ("serving", ["--load", "--clients", "65"], "--clients 1..64"),
+        ("serving", ["--samples", "9"], "--samples 0..4"),
+        ("serving", ["--env", "NOEQUALS"], "KEY=VALUE"),
+        ("serving", ["--inspect", "--load"], "one at a time"),
+        ("fidelity", ["--seeds", "0"], "must be at least 1"),
     ],
 )
-def test_decode_refuses_bad_arguments(argv, message, capsys):
+def test_commands_refuse_bad_arguments(command, argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
-        decode.parse_args(argv)
-    assert exc.value.code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--flood", "4"], "goes with --load"),
-        (["--load", "--flood", "4", "--sequential", "5"], "not with --sequential"),
-        (["--load", "--clients", "65"], "--clients 1..64"),
-        (["--samples", "9"], "--samples 0..4"),
-        (["--env", "NOEQUALS"], "KEY=VALUE"),
-        (["--inspect", "--load"], "one at a time"),
-    ],
-)
-def test_serving_refuses_bad_arguments(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        serving.parse_args(argv)
+        {"decode": decode, "serving": serving, "fidelity": fidelity}[command].parse_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -292,12 +282,9 @@ def test_load_test_through_the_python_client(tmp_path):
     assert summary["disconnected"] == 1 and summary["server_peak_rss_mb"] > 100
 
 
-@pytest.mark.slow
 def test_fidelity_holds_each_precision_against_its_own_fp32(tmp_path):
     """Each system's row, its error finite and ordered as its bytes are (f16 < bf16 < int8 < int4), the
     llama.cpp pairs counted, and the saved record rendered as the table it prints."""
-    from benchmarks import fidelity
-
     out = tmp_path / "fidelity.json"
     record = fidelity.main(["--seeds", "1", "--layers", "1", "--save", str(out)])
     s = record["summary"]

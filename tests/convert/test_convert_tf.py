@@ -105,6 +105,7 @@ def test_summary_names_parameters_bytes_and_sha256(wide_ckpt, tmp_path, capsys):
     assert 2 * params < path.stat().st_size < 2 * params + 100_000
 
 
+@pytest.mark.slow  # converts the 768-wide checkpoint again and runs three models
 @pytest.mark.parametrize("dtype,rel_tol", [("float16", 2e-3), ("bfloat16", 2e-2)])
 def test_half_precision_outputs_stay_close_to_fp32(wide_ckpt, wide_out, tmp_path, dtype, rel_tol):
     assert (

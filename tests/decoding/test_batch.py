@@ -82,11 +82,8 @@ def run_concurrently(scheduler, requests):
 def test_concurrent_requests_match_running_alone(tiny_model, tokenizer):
     requests = mixed_requests(tokenizer, tiny_model, 12)
     expected = [alone(tiny_model, tokenizer, p, **kw) for p, kw in requests]
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=6, max_queue=32)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=6, max_queue=32) as scheduler:
         got = run_concurrently(scheduler, requests)
-    finally:
-        scheduler.close()
     assert scheduler.max_rows_seen > 1, "requests were never decoded together"
     mismatched = [i for i in range(len(requests)) if got[i] != expected[i]]
     assert not mismatched, f"{len(mismatched)} of {len(requests)} differ from running alone: {mismatched}"
@@ -109,11 +106,8 @@ def test_rows_sharing_settings_are_transformed_together_exactly(tiny_model, toke
         (f"Shared settings, prompt {i}: " * (1 + i % 3), dict(settings, max_new_tokens=40, seed=i))
         for i in range(6)
     ]
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=6, max_queue=8)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=6, max_queue=8) as scheduler:
         got = run_concurrently(scheduler, requests)
-    finally:
-        scheduler.close()
     assert scheduler.max_rows_seen >= 2
     assert got == [alone(tiny_model, tokenizer, p, **kw) for p, kw in requests]
 
@@ -154,11 +148,8 @@ def test_endoftext_finishes_a_row_and_others_go_on(tiny_model, tokenizer):
         model.wte.weight[tokenizer.eot_token] = model.ln_f.bias.sign() * 0.5
     requests = [("The end", dict(max_new_tokens=40, top_k=200, seed=i)) for i in range(6)]
     expected = [alone(model, tokenizer, p, **kw) for p, kw in requests]
-    scheduler = BatchScheduler(model, tokenizer, max_batch=8)
-    try:
+    with BatchScheduler(model, tokenizer, max_batch=8) as scheduler:
         got = run_concurrently(scheduler, requests)
-    finally:
-        scheduler.close()
     assert got == expected
     assert {r[-1][2] for r in expected} == {"eot", "length"}
 
@@ -190,21 +181,17 @@ def test_dropped_stream_is_cancelled(tiny_model, tokenizer, scheduler):
 
 
 def test_cancel_while_waiting_in_the_queue(tiny_model, tokenizer):
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=1, max_queue=2)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=1, max_queue=2) as scheduler:
         running = scheduler.stream("Running", max_new_tokens=8192, seed=1)
         next(running)
         waiting = scheduler.stream("Waiting", max_new_tokens=5, seed=1)
         waiting.cancel()
         running.cancel()
         assert wait_until(lambda: scheduler.idle)
-    finally:
-        scheduler.close()
 
 
 def test_full_scheduler_says_busy_then_recovers(tiny_model, tokenizer):
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=1, max_queue=1)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=1, max_queue=1) as scheduler:
         first = scheduler.stream("one", max_new_tokens=8192, seed=1)
         second = scheduler.stream("two", max_new_tokens=3, seed=2)
         with pytest.raises(BusyError, match="busy"):
@@ -214,14 +201,11 @@ def test_full_scheduler_says_busy_then_recovers(tiny_model, tokenizer):
         assert tokens_of(scheduler.stream("three", max_new_tokens=3, seed=3)) == alone(
             tiny_model, tokenizer, "three", max_new_tokens=3, seed=3
         )
-    finally:
-        scheduler.close()
 
 
 def test_bad_requests_fail_before_queueing(tiny_model, tokenizer):
     limits = Limits(max_new_tokens=(1, 100), prompt=(0, 5000))
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=2, limits=limits)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=2, limits=limits) as scheduler:
         with pytest.raises(ValueError, match="max_new_tokens"):
             scheduler.stream("x", max_new_tokens=101)
         with pytest.raises(ValueError, match="too long"):
@@ -237,8 +221,6 @@ def test_bad_requests_fail_before_queueing(tiny_model, tokenizer):
         with pytest.raises(ValueError, match="n must be at most 2"):
             scheduler.stream("x", n=3)  # more samples than the batch has rows
         assert scheduler.stats()["waiting"] == 0 and scheduler.idle
-    finally:
-        scheduler.close()
 
 
 def test_long_prompt_keeps_its_last_tokens_as_generate_does(tiny_model, tokenizer, scheduler):
@@ -261,8 +243,7 @@ def test_samples_equal_single_requests_with_seed_plus_i(tiny_model, tokenizer, s
 
 
 def test_samples_take_a_slot_each_and_stop_together(tiny_model, tokenizer):
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_batch=4, max_queue=0)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_batch=4, max_queue=0) as scheduler:
         stream = scheduler.stream("x", n=3, max_new_tokens=1000, seed=1)
         next(stream)
         with pytest.raises(BusyError):
@@ -272,20 +253,15 @@ def test_samples_take_a_slot_each_and_stop_together(tiny_model, tokenizer):
         assert wait_until(lambda: scheduler.stats()["active"] <= 1)
         assert tokens_of(other)[-1][2] == "length"
         assert wait_until(lambda: scheduler.idle)
-    finally:
-        scheduler.close()
 
 
 def test_slow_reader_is_paused_not_buffered(tiny_model, tokenizer):
-    scheduler = BatchScheduler(tiny_model, tokenizer, max_unread=4)
-    try:
+    with BatchScheduler(tiny_model, tokenizer, max_unread=4) as scheduler:
         stream = scheduler.stream("Slow reader", max_new_tokens=60, seed=5)
         assert wait_until(lambda: stream._job.out.qsize() >= 4)
         time.sleep(0.3)
         assert stream._job.out.qsize() <= 5  # at most max_unread steps (+ the final one) wait
         assert tokens_of(stream) == alone(tiny_model, tokenizer, "Slow reader", max_new_tokens=60, seed=5)
-    finally:
-        scheduler.close()
 
 
 def test_closing_the_scheduler_fails_open_requests(tiny_model, tokenizer):
@@ -300,6 +276,7 @@ def test_closing_the_scheduler_fails_open_requests(tiny_model, tokenizer):
         scheduler.stream("x")
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_200_sequential_requests(tiny_model, tokenizer, scheduler):
     process = psutil.Process()
 

@@ -90,6 +90,7 @@ def test_literal_endoftext_in_prompt_is_text(tiny_model, tokenizer):
     assert torch.allclose(steps[0].logits, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_long_prompt_and_generation_slide_the_window(tiny_model, tokenizer):
     """Past n_ctx the window keeps the last 3/4 of the context; every step's logits must equal a full
     recomputation over exactly that window (n_ctx=128 here, so it slides several times)."""

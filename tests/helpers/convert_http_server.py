@@ -11,29 +11,63 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from helpers.local_http import LocalServer, QuietHandler
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _FileHandler(QuietHandler):
+    owner: FileServer
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a client hanging up mid-response is what some tests do on purpose
+    def do_GET(self) -> None:
+        server, path = self.owner, self.path
+        rng = self.headers.get("Range")
+        with server._lock:
+            server.requests.append((path, rng))
+        status = server._take(server.fail, path)
+        if status is not None:
+            return self.send(status, b"<Error>try again</Error>", {"Content-Type": "application/xml"})
+        data = server.files.get(path)
+        if data is None:
+            body = b'<?xml version="1.0"?><Error><Code>BlobNotFound</Code></Error>'
+            return self.send(404, body, {"Content-Type": "application/xml"})
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if match:
+            start = int(match.group(1))
+            if start >= len(data):
+                return self.send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        body = data[start:]
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        cut = server._take(server.cut_after, path)
+        if cut is not None:
+            # Promise the whole body, send part of it, then drop the connection.
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
 
 
-class FileServer:
+class FileServer(LocalServer):
+    handler = _FileHandler
+
     def __init__(self) -> None:
+        super().__init__()
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.cut_after: dict[str, tuple[int, int]] = {}  # path → (bytes to send, times left)
         self.fail: dict[str, tuple[int, int]] = {}  # path → (HTTP status, times left)
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/gpt-2"
+        return f"{self.url}/gpt-2"
 
     def add_model(self, size: str, files: dict[str, bytes]) -> None:
         for name, data in files.items():
@@ -45,14 +79,6 @@ class FileServer:
     def ranges(self, path: str) -> list[str | None]:
         return [r for p, r in self.requests if p == path]
 
-    def __enter__(self) -> FileServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
     def _take(self, table: dict[str, tuple[int, int]], path: str) -> int | None:
         with self._lock:
             if path in table and table[path][1] > 0:
@@ -60,60 +86,3 @@ class FileServer:
                 table[path] = (value, left - 1)
                 return value
         return None
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                path = self.path
-                rng = self.headers.get("Range")
-                with server._lock:
-                    server.requests.append((path, rng))
-                status = server._take(server.fail, path)
-                if status is not None:
-                    self._send(status, b"<Error>try again</Error>", {"Content-Type": "application/xml"})
-                    return
-                data = server.files.get(path)
-                if data is None:
-                    body = b'<?xml version="1.0"?><Error><Code>BlobNotFound</Code></Error>'
-                    self._send(404, body, {"Content-Type": "application/xml"})
-                    return
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if match:
-                    start = int(match.group(1))
-                    if start >= len(data):
-                        self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-                        return
-                body = data[start:]
-                self.send_response(206 if match else 200)
-                if match:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-                cut = server._take(server.cut_after, path)
-                if cut is not None:
-                    # Promise the whole body, send part of it, then drop the connection.
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
-
-        return Handler

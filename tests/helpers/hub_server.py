@@ -24,32 +24,139 @@ import base64
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass
+from helpers.local_http import LocalServer, QuietHandler
 
 
-class FakeHub:
+class _HubHandler(QuietHandler):
+    """Routes each request to the part of the Hub's API it belongs to: reads (GET/HEAD) to `_tree` and
+    `_resolve`, writes (POST/DELETE) through `_write`'s checks to `_answer`."""
+
+    owner: FakeHub
+
+    def do_GET(self) -> None:
+        self._read(head=False)
+
+    def do_HEAD(self) -> None:
+        self._read(head=True)
+
+    def do_POST(self) -> None:
+        self._write()
+
+    def do_DELETE(self) -> None:
+        self._write()
+
+    def _path(self) -> str:
+        path = unquote(urlsplit(self.path).path)
+        self.owner.requests.append((self.command, path))
+        return path
+
+    def _error(self, code: str, head: bool, commit: str | None = None) -> None:
+        headers = {"X-Error-Code": code, "X-Error-Message": code, "Content-Type": "application/json"}
+        if commit:
+            headers["X-Repo-Commit"] = commit
+        self.send(404, json.dumps({"error": code}).encode(), headers, head)
+
+    def _read(self, head: bool) -> None:
+        path = self._path()
+        tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if tree and not head:
+            return self._tree(tree.group(1), tree.group(2))
+        if resolve:
+            return self._resolve(*resolve.groups(), head=head)
+        self.send(400, b"unexpected request", {"X-Error-Message": f"unexpected {self.command} {path}"}, head)
+
+    def _tree(self, repo_id: str, revision: str) -> None:
+        """The file list of a revision."""
+        found = self.owner._lookup(repo_id, revision)
+        if isinstance(found, str):
+            return self._error(found, head=False)
+        _, files = found
+        listing = [
+            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            for name, data in sorted(files.items())
+        ]
+        self.send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
+
+    def _resolve(self, repo_id: str, revision: str, name: str, head: bool) -> None:
+        """One file of a revision (its headers alone for HEAD)."""
+        found = self.owner._lookup(repo_id, revision)
+        if isinstance(found, str):
+            return self._error(found, head)
+        commit, files = found
+        if name not in files:
+            return self._error("EntryNotFound", head, commit)
+        data = files[name]
+        headers = {
+            "X-Repo-Commit": commit,
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        self.send(200, data, headers, head)
+
+    def _write(self) -> None:
+        """The write API: one JSON answer per request, or the failure a test asked for."""
+        path = self._path()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        step = _WRITES.get((self.command, path))
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/main", path)
+        if api and self.command == "POST":
+            step = api.group(2)
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if step is None:
+            status, answer = 400, {"error": f"unexpected {self.command} {path}"}
+        elif step in self.owner.fail:
+            status, answer = self.owner.fail[step], {"error": f"{step} failed (told to)"}
+        elif not token and step != "validate-yaml":
+            status, answer = 401, {"error": "Invalid credentials in Authorization header"}
+        else:
+            self.owner.tokens.append(token)
+            status, answer = self._answer(step, api.group(1) if api else None, body)
+        headers = {"Content-Type": "application/json"}
+        if status >= 400:
+            headers["X-Error-Message"] = answer["error"]
+        self.send(status, json.dumps(answer).encode(), headers)
+
+    def _answer(self, step: str, repo_id: str | None, body: bytes) -> tuple[int, dict]:
+        hub = self.owner
+        if step == "validate-yaml":
+            return 200, {"errors": [], "warnings": []}
+        if step == "create":
+            return hub._create(json.loads(body))
+        if step == "delete":
+            payload = json.loads(body)
+            gone = hub.repos.pop(f"{payload.get('organization')}/{payload.get('name')}", None)
+            return (200, {}) if gone else (404, {"error": "RepoNotFound"})
+        if step == "preupload":
+            files = json.loads(body)["files"]
+            return 200, {
+                "files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            }
+        return hub._commit(repo_id, body)
+
+
+# The write requests at fixed paths → the step they are (`FakeHub.fail` names steps).
+_WRITES = {
+    ("POST", "/api/repos/create"): "create",
+    ("POST", "/api/validate-yaml"): "validate-yaml",
+    ("DELETE", "/api/repos/delete"): "delete",
+}
+
+
+class FakeHub(LocalServer):
+    handler = _HubHandler
+
     def __init__(self) -> None:
+        super().__init__()
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}  # repo id → (commit sha, files)
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.fail: dict[str, int] = {}  # write step → HTTP status to answer instead
         self.created: dict[str, dict] = {}  # repo id → the create_repo payload (visibility, ...)
         self.commits: list[tuple[str, str]] = []  # (repo id, commit summary) of every applied commit
         self.tokens: list[str] = []  # the bearer token of every write request
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def add_repo(self, repo_id: str, files: dict[str, bytes]) -> str:
         """Publish `files` as the `main` branch of `repo_id`; returns the commit hash."""
@@ -60,20 +167,6 @@ class FakeHub:
     def fetched(self) -> list[str]:
         """Paths of the file bodies served (GETs of resolve URLs)."""
         return [p for m, p in self.requests if m == "GET" and "/resolve/" in p]
-
-    def start(self) -> FakeHub:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _create(self, payload: dict) -> tuple[int, dict]:
         repo_id = f"{payload.get('organization')}/{payload.get('name')}"
@@ -106,130 +199,6 @@ class FakeHub:
         if revision not in ("main", commit):
             return "RevisionNotFound"
         return commit, files
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool = False) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _error(self, code: str, head: bool, commit: str | None = None) -> None:
-                headers = {"X-Error-Code": code, "X-Error-Message": code, "Content-Type": "application/json"}
-                if commit:
-                    headers["X-Repo-Commit"] = commit
-                self._send(404, json.dumps({"error": code}).encode(), headers, head)
-
-            def _serve(self, head: bool) -> None:
-                path = unquote(urlsplit(self.path).path)
-                hub.requests.append((self.command, path))
-                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
-                resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-                if tree and not head:
-                    found = hub._lookup(tree.group(1), tree.group(2))
-                    if isinstance(found, str):
-                        return self._error(found, head)
-                    _, files = found
-                    listing = [
-                        {
-                            "type": "file",
-                            "path": name,
-                            "size": len(data),
-                            "oid": hashlib.sha1(data).hexdigest(),
-                        }
-                        for name, data in sorted(files.items())
-                    ]
-                    return self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
-                if resolve:
-                    found = hub._lookup(resolve.group(1), resolve.group(2))
-                    if isinstance(found, str):
-                        return self._error(found, head)
-                    commit, files = found
-                    name = resolve.group(3)
-                    if name not in files:
-                        return self._error("EntryNotFound", head, commit)
-                    data = files[name]
-                    headers = {
-                        "X-Repo-Commit": commit,
-                        "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                        "Accept-Ranges": "bytes",
-                        "Content-Type": "application/octet-stream",
-                    }
-                    return self._send(200, data, headers, head)
-                self._send(
-                    400, b"unexpected request", {"X-Error-Message": f"unexpected {self.command} {path}"}, head
-                )
-
-            def _write(self) -> None:
-                """The write API: one JSON answer per request, or the failure a test asked for."""
-                path = unquote(urlsplit(self.path).path)
-                hub.requests.append((self.command, path))
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                routes = {
-                    ("POST", "/api/repos/create"): "create",
-                    ("POST", "/api/validate-yaml"): "validate-yaml",
-                    ("DELETE", "/api/repos/delete"): "delete",
-                }
-                step = routes.get((self.command, path))
-                api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/main", path)
-                if api and self.command == "POST":
-                    step = api.group(2)
-                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-                if step is None:
-                    status, answer = 400, {"error": f"unexpected {self.command} {path}"}
-                elif step in hub.fail:
-                    status, answer = hub.fail[step], {"error": f"{step} failed (told to)"}
-                elif not token and step != "validate-yaml":
-                    status, answer = 401, {"error": "Invalid credentials in Authorization header"}
-                else:
-                    hub.tokens.append(token)
-                    status, answer = self._answer(step, api.group(1) if api else None, body)
-                headers = {"Content-Type": "application/json"}
-                if status >= 400:
-                    headers["X-Error-Message"] = answer["error"]
-                self._send(status, json.dumps(answer).encode(), headers)
-
-            def _answer(self, step: str, repo_id: str | None, body: bytes) -> tuple[int, dict]:
-                if step == "validate-yaml":
-                    return 200, {"errors": [], "warnings": []}
-                if step == "create":
-                    return hub._create(json.loads(body))
-                if step == "delete":
-                    payload = json.loads(body)
-                    gone = hub.repos.pop(f"{payload.get('organization')}/{payload.get('name')}", None)
-                    return (200, {}) if gone else (404, {"error": "RepoNotFound"})
-                if step == "preupload":
-                    files = json.loads(body)["files"]
-                    modes = [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-                    ]
-                    return 200, {"files": modes}
-                return hub._commit(repo_id, body)
-
-            def do_GET(self) -> None:
-                self._serve(head=False)
-
-            def do_POST(self) -> None:
-                self._write()
-
-            def do_DELETE(self) -> None:
-                self._write()
-
-            def do_HEAD(self) -> None:
-                self._serve(head=True)
-
-        return Handler
 
 
 def point_hub_at(monkeypatch, url: str, cache, offline: bool = False) -> None:

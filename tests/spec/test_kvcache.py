@@ -10,7 +10,7 @@ from helpers.stepping import decode_one, decode_rows, prefill
 from gpt2 import KVCache
 
 
-@pytest.mark.parametrize("config", [WIDE, TINY], ids=["wide", "tiny"])
+@pytest.mark.parametrize("config", [pytest.param(WIDE, marks=pytest.mark.slow), TINY], ids=["wide", "tiny"])
 def test_cached_decode_equals_full_recompute_at_every_step(config):
     model = random_model(config, seed=3)
     g = torch.Generator().manual_seed(0)
