@@ -30,6 +30,7 @@ from gpt2.decoding.sequence import prompt_ids
 from gpt2.serving import ModelRegistry
 from ui import api
 
+CLIENTS_PAGE = "docs/clients-and-hub.md"  # the /inspect table and curl example (README: the Python one)
 TEXT = "Every effort moves you"
 
 
@@ -131,8 +132,8 @@ def test_inspect_shares_the_generation_queue_and_is_documented_from_its_declarat
     info = server.client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/inspect"]
     assert [q["parameter_name"] for q in info["parameters"]] == [p.name for p in INSPECT_PARAMS]
     assert [q["parameter_default"] for q in info["parameters"][1:]] == [-1, MODEL_NAME]
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert api.parameter_table(INSPECT_PARAMS) in readme, api.parameter_table(INSPECT_PARAMS)
+    page = (ROOT / CLIENTS_PAGE).read_text(encoding="utf-8")
+    assert api.parameter_table(INSPECT_PARAMS) in page, api.parameter_table(INSPECT_PARAMS)
 
 
 def test_mcp_lists_and_calls_inspect(server):
@@ -171,11 +172,11 @@ def test_js_client_calls_inspect_and_reports_the_apps_error(server):
         assert refused.returncode == 1 and message in refused.stderr and refused.stderr.count("\n") == 1
 
 
-def readme_block(language: str, needle: str) -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def readme_block(language: str, needle: str, page: str = "README.md") -> str:
+    text = (ROOT / page).read_text(encoding="utf-8")
     blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
     found = [b for b in blocks if needle in b]
-    assert len(found) == 1, f"README.md should have one {language} example with {needle!r}"
+    assert len(found) == 1, f"{page} should have one {language} example with {needle!r}"
     return found[0]
 
 
@@ -193,7 +194,7 @@ def test_readme_python_example(server):
 
 
 def test_readme_curl_example(server):
-    example, data = adapt(readme_block("bash", "gradio_api/call/inspect"), server.url)
+    example, data = adapt(readme_block("bash", "gradio_api/call/inspect", CLIENTS_PAGE), server.url)
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (apt-get install curl); .ci/run installs it")
     env = dict(os.environ, PATH=os.pathsep.join([str(sys.executable).rsplit("/", 1)[0], os.environ["PATH"]]))
