@@ -306,11 +306,16 @@ def running_app(weights: str | os.PathLike[str], env: dict[str, str], timeout: f
         wait_ready(url, proc, timeout)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a server process: asked first, killed if it has not gone within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @dataclass

@@ -113,11 +113,7 @@ def first_visit(root: Path, env: dict[str, str], timeout: float) -> dict:
             raise SystemExit(f"/generate failed: {call.outcome}: {call.output}")
         first_token = page + call.ttft
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        common.stop(proc)
     compiled = COMPILING in log.read_text()
     return {"page_s": round(page, 2), "first_token_s": round(first_token, 2), "compiled": compiled}
 

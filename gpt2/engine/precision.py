@@ -117,15 +117,17 @@ class PackedLinear(nn.Module):
         return torch.cat(pieces, dim=-1)
 
 
-class Bf16Linear(PackedLinear):
-    """`y = x W^T + b` with W stored as bfloat16 (b stays fp32)."""
+class HalfLinear(PackedLinear):
+    """`y = x W^T + b` with W stored in a 2-byte float (`dtype`; b stays fp32); packing refuses a weight
+    beyond the format's range (`MAX_WEIGHT`)."""
 
-    precision = "bf16"
+    dtype: torch.dtype
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
+        check_range(weight, self.precision, "this layer")
+        self.register_buffer("weight", weight.detach().to(self.dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.scale = None
 
@@ -133,21 +135,16 @@ class Bf16Linear(PackedLinear):
         return self.weight[rows].float()
 
 
-class F16Linear(PackedLinear):
-    """`y = x W^T + b` with W stored as IEEE float16 (b stays fp32)."""
+class Bf16Linear(HalfLinear):
+    """bfloat16 weights: fp32's range, 8 significant bits."""
 
-    precision = "f16"
+    precision, dtype = "bf16", torch.bfloat16
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        check_range(weight, "f16", "this layer")
-        self.register_buffer("weight", weight.detach().to(torch.float16).contiguous())
-        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        self.scale = None
 
-    def dequantized(self, rows: slice = slice(None)) -> torch.Tensor:
-        return self.weight[rows].float()
+class F16Linear(HalfLinear):
+    """IEEE half weights: 11 significant bits, up to +-65504."""
+
+    precision, dtype = "f16", torch.float16
 
 
 class Int8Linear(PackedLinear):

@@ -9,6 +9,7 @@ import psutil
 import pytest
 import requests
 from helpers.app_server import make_weights_dir, serve
+from helpers.waiting import wait_until
 
 from app import build_demo
 from benchmarks.load import attach_references, make_jobs, run_clients, summarize
@@ -28,15 +29,6 @@ def loaded_app(tmp_path_factory, bpe_dir):
         model = registry.get(registry.default)
         yield url, server.scheduler(registry.default), model, registry.tokenizer
     server.close()
-
-
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_16_clients_x_5_requests_no_failures_no_cross_talk(loaded_app):

@@ -10,11 +10,10 @@ import psutil
 import pytest
 import torch
 from helpers.models import TINY
+from helpers.waiting import wait_until
 
 from gpt2 import Limits, Request, generate_steps
 from gpt2.decoding.batch import BatchScheduler, BusyError, generate_samples
-
-WAIT = 30.0  # generous upper bound for anything that should happen "soon"; never a speed assertion
 
 
 def tokens_of(steps):
@@ -23,15 +22,6 @@ def tokens_of(steps):
 
 def alone(model, tokenizer, prompt, **kw):
     return tokens_of(generate_steps(model, tokenizer, prompt, **kw))
-
-
-def wait_until(predicate, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
