@@ -37,6 +37,7 @@ import torch
 
 from gpt2 import GPT2, PRECISIONS, GPT2Config, load_model, save_model
 from gpt2.engine import cpu
+from gpt2.engine.abi import MARCH_ENV
 from gpt2.formats.hf import config_to_hf, ours_to_hf
 from gpt2.tokenizer import ENCODER_JSON, PACKAGED_BPE_DIR, VOCAB_BPE
 
@@ -128,7 +129,8 @@ def environment(module: str, argv: list[str], threads: int) -> dict:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
-        "command": shlex.join(["python", "-m", module, *argv]),
+        # the engine's -march where it is not the CPU's own (the AVX2 build on an AVX-512 CPU), as typed
+        "command": shlex.join([*_march_prefix(), "python", "-m", module, *argv]),
         "cpu": cpu.model_name(),
         "flags": cpu.vector_flags(),
         "cores": os.cpu_count(),
@@ -139,6 +141,11 @@ def environment(module: str, argv: list[str], threads: int) -> dict:
         "llama_cpp": llama,
         "llama_cpp_features": llamacpp.system_info() if llama else None,
     }
+
+
+def _march_prefix() -> list[str]:
+    march = os.environ.get(MARCH_ENV)
+    return [f"{MARCH_ENV}={march}"] if march else []
 
 
 def describe_environment(env: dict) -> str:
