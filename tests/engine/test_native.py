@@ -59,10 +59,11 @@ def _pytest_with_march(march: str, cache: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (AVX512 and AVX2) or MARCH != "native", reason="needs an AVX-512 machine to compare")
-@pytest.mark.parametrize("march", ["x86-64-v3", "skylake-avx512"])
+@pytest.mark.parametrize("march", ["x86-64-v3"])
 def test_other_builds_pass_the_same_tests(tmp_path, march):
-    """On an AVX-512 machine, the variants other CPUs build are held to the same tests: the AVX2 one
-    (x86-64-v3) and the AVX-512 one without BF16/VNNI (skylake-avx512: widened bf16, vpmaddwd int8)."""
+    """On an AVX-512 machine, the AVX2 variant (x86-64-v3) is held to the same tests. (The AVX-512 variants
+    without BF16/VNNI, skylake-avx512 and icelake-server, run them in test_avx512_builds_compile_and_report
+    wherever this CPU can execute them.)"""
     done = _pytest_with_march(march, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and " skipped" not in done.stdout
