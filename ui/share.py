@@ -1,7 +1,7 @@
 """Share links: the page's inputs in its query string, under the API's parameter names.
 
     /?prompt=Once+upon&max_new_tokens=40&temperature=0.8&top_k=40&top_p=1&repetition_penalty=1
-      &seed=7&stop=THE+END&model=gpt2-124M&n=2
+      &seed=7&stop=THE+END&model=openai-community/gpt2&n=2
 
 The fields are the declared request parameters (`gpt2.decoding.params`), by name. Every value is checked
 by the API's own code (`gpt2.serving.make_request`, so `Request.create` against `SERVING` and the

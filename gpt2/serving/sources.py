@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SIZES, GPT2Config
-from ..engine import PRECISIONS, check_precision
+from ..engine import check_precision
 from ..formats import hub
 from ..formats.weights import list_models, read_metadata
 from ..tokenizer import BPE_FILE_SHA256
@@ -33,13 +33,11 @@ HUB_DEFAULT = ",".join(hub.SCHEME + repo for repo in OPENAI_HUB)
 
 AUTO = "auto"  # the precision per size from AUTO_PRECISION
 # The most precise precision that still decodes at a readable pace on a free Space (2 vCPU, 16 GB) and
-# leaves room for the other sizes. Measured on the 2-core Zen 3 (README "Speed"): 124M fp32 44 tokens/s;
-# 355M fp32 16, bf16 23 (f16 reads as many bytes); 774M int8 18; 1558M int8 10.5, so 4 bits for it.
+# leaves room for the other sizes. Measured on the 2-core Zen 3 (docs/history.md): 124M fp32 44 tokens/s;
+# 355M fp32 16, bf16 23 (f16 reads as many bytes); 774M int8 18; 1558M int8 10.5, so 4 bits for it
+# (on this project's 2-core Xeon, 1558M int4 18.6 tokens/s: benchmarks/results/sizes.json).
 # A model of another shape takes the row of the largest size it reaches in parameters.
 AUTO_PRECISION = {"124M": "fp32", "355M": "f16", "774M": "int8", "1558M": "int4"}
-# Where a precision is not in this build (`gpt2.PRECISIONS`), the nearest one that is: as many bytes per
-# weight where there is one, else the next wider.
-NEAREST = {"f16": "bf16", "int4": "int8", "int8": "bf16", "bf16": "fp32"}
 
 
 def check_wanted(precision: object) -> str:
@@ -72,13 +70,6 @@ def auto_precision(config: GPT2Config) -> str:
     return rows[-1] if rows else next(iter(AUTO_PRECISION.values()))
 
 
-def available(precision: str) -> str:
-    """`precision`, or the nearest one this build has (`NEAREST`)."""
-    while precision not in PRECISIONS:
-        precision = NEAREST[precision]
-    return precision
-
-
 @dataclass(frozen=True)
 class Source:
     """One model a server offers: where its weights are and what is known of it before loading."""
@@ -106,9 +97,7 @@ class Source:
             return Choice(wanted)
         if config is None:
             return None
-        table = auto_precision(config)
-        have = available(table)
-        return Choice(have, f"{table} is not in this build, {have} instead" if have != table else "")
+        return Choice(auto_precision(config))
 
     def label(self, precision: str | None = None, config: GPT2Config | None = None) -> str:
         """What a person reads: "GPT-2 XL · 1558M · int4", "my-finetune · 124M · fp32"."""

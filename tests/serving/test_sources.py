@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers.models import TINY, random_model
 
-from gpt2 import PRECISIONS, SIZES, GPT2Config, prepare, save_model
+from gpt2 import SIZES, GPT2Config, prepare, save_model
 from gpt2.serving import sources
 from gpt2.serving.sources import (
     AUTO,
@@ -14,7 +14,6 @@ from gpt2.serving.sources import (
     HUB_DEFAULT,
     OPENAI_HUB,
     auto_precision,
-    available,
     parse_weights,
     released_size,
 )
@@ -59,30 +58,13 @@ def test_a_list_of_files_folders_and_hub_specs(folder):
             parse_weights(bad)
 
 
-def test_auto_precision_follows_the_size_table_and_the_nearest_this_build_has():
+def test_auto_precision_follows_the_size_table():
     for size, want in AUTO_PRECISION.items():
         config = GPT2Config.from_name(size)
         assert released_size(config) == size and auto_precision(config) == want
     assert auto_precision(TINY) == AUTO_PRECISION["124M"]  # smaller than every release: the first row
     untied = GPT2Config(**SIZES["124M"], tied_head=False)  # a fine-tune's own head: 163M, still 124M's row
     assert auto_precision(untied) == "fp32" and released_size(untied) == "124M"
-    assert available("fp32") == "fp32" and available("int8") == "int8"
-    for wanted in ("f16", "int4"):
-        got = available(wanted)
-        assert got in PRECISIONS and (got == wanted) == (wanted in PRECISIONS)
-
-
-def test_a_precision_that_is_not_in_this_build_falls_back_and_says_so(monkeypatch):
-    monkeypatch.setattr(sources, "PRECISIONS", ("fp32", "bf16", "int8"))
-    xl, medium = (
-        sources.hub_source("hf://openai-community/gpt2-xl"),
-        sources.hub_source("hf://openai-community/gpt2-medium"),
-    )
-    assert xl.choose(AUTO) == sources.Choice("int8", "int4 is not in this build, int8 instead")
-    assert medium.choose(AUTO) == sources.Choice("bf16", "f16 is not in this build, bf16 instead")
-    assert xl.choose("fp32") == sources.Choice("fp32")  # an explicit precision applies to every model
-    monkeypatch.setattr(sources, "PRECISIONS", ("fp32", "bf16", "f16", "int8", "int4"))
-    assert xl.choose(AUTO) == sources.Choice("int4") and medium.choose(AUTO) == sources.Choice("f16")
 
 
 def test_a_packed_file_loads_in_its_own_precision(folder):
@@ -95,5 +77,5 @@ def test_a_packed_file_loads_in_its_own_precision(folder):
 def test_hub_models_of_unknown_shape_decide_once_fetched():
     source = sources.hub_source("hf://me/repo")
     assert source.choose(AUTO) is None
-    assert source.choose(AUTO, GPT2Config.from_name("774M")).precision == available("int8")
+    assert source.choose(AUTO, GPT2Config.from_name("774M")) == sources.Choice("int8")
     assert source.choose("bf16") == sources.Choice("bf16")
