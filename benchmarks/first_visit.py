@@ -5,9 +5,10 @@
     python -m benchmarks.first_visit --quick          # a tiny model, one round (the tests' smoke run)
 
 A fresh machine runs `python app.py` with no arguments: nothing converted in `weights/`, so the app takes
-GPT-2 124M from the Hugging Face Hub. Here a stand-in Hub on 127.0.0.1 (the one the tests use) serves
-random weights at the size's shapes in Hugging Face's layout under that name, and a first start, not
-timed, fills a temporary HF_HOME, as a Space's build (`preload_from_hub`) or an earlier run would. Then,
+GPT-2 124M from the Hugging Face Hub. Here random weights at the size's shapes, in Hugging Face's layout,
+are put into a temporary HF_HOME under that name (`hf_cache`: huggingface_hub's own cache layout), as a
+Space's build (`preload_from_hub`) or an earlier run leaves them, and the app runs with HF_HUB_OFFLINE=1:
+it loads from that cache without asking the Hub (online, one round trip to the Hub comes on top). Then,
 round by round, the app is started in its own process from a copy of app.py and ui/ beside an empty
 weights/ folder (the checkout's own converted models do not count), twice: with an empty engine build
 cache (the C engine compiles at start-up, beside the load) and with that cache, now warm. This process
@@ -20,6 +21,7 @@ empty, and not when it was warm.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -44,19 +46,25 @@ COMPILING = "decode engine: compiling it for this CPU"  # ui/startup.py's line w
 KINDS = results.FIRST_VISIT_KINDS
 
 
-def stand_in_hub():
-    """The tests' stand-in Hub (tests/helpers/hub_server.py), shared rather than copied."""
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    from helpers.hub_server import FakeHub
-
-    return FakeHub()
-
-
-def hf_files(config: GPT2Config, folder: Path) -> dict[str, bytes]:
-    """Random weights at `config`'s shapes as Hugging Face stores GPT-2 (config.json, model.safetensors)."""
+def hf_cache(config: GPT2Config, hf_home: Path) -> None:
+    """Random weights at `config`'s shapes as Hugging Face stores GPT-2 (config.json, model.safetensors), in
+    huggingface_hub's cache under HF_HOME as a download leaves them: each file a blob named by its hash,
+    linked from the snapshot of a commit that refs/main names."""
     torch.manual_seed(0)
-    common.hf_from_ours(GPT2(config).eval()).save_pretrained(folder)
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    repo = hf_home / "hub" / ("models--" + REPO.replace("/", "--"))
+    staging = repo / "staging"
+    common.hf_from_ours(GPT2(config).eval()).save_pretrained(staging)
+    files = sorted(p for p in staging.iterdir() if p.is_file())
+    commit = hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for path in files:
+        blob = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.rename(repo / "blobs" / blob)
+        (repo / "snapshots" / commit / path.name).symlink_to(Path("..", "..", "blobs", blob))
+    shutil.rmtree(staging)
 
 
 def fresh_checkout(tmp: Path) -> Path:
@@ -69,7 +77,7 @@ def fresh_checkout(tmp: Path) -> Path:
     return root
 
 
-def app_env(hub_url: str, hf_home: Path, engine_cache: Path, port: int) -> dict[str, str]:
+def app_env(hf_home: Path, engine_cache: Path, port: int) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GPT2_", "GRADIO_"))
     }
@@ -77,7 +85,7 @@ def app_env(hub_url: str, hf_home: Path, engine_cache: Path, port: int) -> dict[
         PYTHONPATH=str(common.ROOT),
         PYTHONUNBUFFERED="1",
         HF_HOME=str(hf_home),
-        HF_ENDPOINT=hub_url,
+        HF_HUB_OFFLINE="1",
         GPT2_NATIVE_CACHE=str(engine_cache),
         GRADIO_SERVER_NAME="127.0.0.1",
         GRADIO_SERVER_PORT=str(port),
@@ -119,35 +127,32 @@ def first_visit(root: Path, env: dict[str, str], timeout: float) -> dict:
 
 
 def measure(config: GPT2Config, rounds: int, timeout: float) -> dict:
-    """The fill start, then `rounds` of (engine cache empty, then warm): every start's numbers."""
-    with tempfile.TemporaryDirectory(prefix="first-visit-") as tmp_name, stand_in_hub() as hub:
+    """`rounds` of (engine cache empty, then warm): every start's numbers."""
+    with tempfile.TemporaryDirectory(prefix="first-visit-") as tmp_name:
         tmp = Path(tmp_name)
-        hub.add_repo(REPO, hf_files(config, tmp / "repo"))
         root, hf_home = fresh_checkout(tmp), tmp / "hf-home"
-
-        def start(kind: str, cache: Path) -> dict:
-            run = first_visit(root, app_env(hub.url, hf_home, cache, common.free_port()), timeout)
-            page, token = run["page_s"], run["first_token_s"]
-            print(f"  {kind}: page after {page:.2f} s, first token after {token:.2f} s", flush=True)
-            return run
-
-        fill = start("filling HF_HOME (download from 127.0.0.1, not counted)", tmp / "engine-fill")
+        hf_cache(config, hf_home)
         runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
         for r in range(rounds):
             cache = tmp / f"engine-{r}"  # empty for the cold start, built by it for the warm one
             for kind in KINDS:
-                runs[kind].append(start(KINDS[kind], cache))
-    check_compiles(runs, fill)
-    return {"fill": fill, **{kind: summary(runs[kind]) for kind in KINDS}}
+                run = first_visit(root, app_env(hf_home, cache, common.free_port()), timeout)
+                page, token = run["page_s"], run["first_token_s"]
+                print(
+                    f"  {KINDS[kind]}: page after {page:.2f} s, first token after {token:.2f} s", flush=True
+                )
+                runs[kind].append(run)
+    check_compiles(runs)
+    return {kind: summary(runs[kind]) for kind in KINDS}
 
 
-def check_compiles(runs: dict[str, list[dict]], fill: dict) -> None:
-    """Each kind measured what it says: a cold start compiled the engine (wherever the fill start did:
-    without a compiler neither does), a warm one never."""
+def check_compiles(runs: dict[str, list[dict]]) -> None:
+    """Each kind measured what it says: every cold start compiled the engine or none did (no compiler),
+    and a warm one never."""
     if any(run["compiled"] for run in runs["warm"]):
         raise SystemExit("a start with a warm engine cache compiled the engine: the cache was not used")
-    if fill["compiled"] and not all(run["compiled"] for run in runs["cold"]):
-        raise SystemExit("a start with an empty engine cache did not compile the engine")
+    if len({run["compiled"] for run in runs["cold"]}) > 1:
+        raise SystemExit("some starts with an empty engine cache compiled the engine, others did not")
 
 
 def summary(runs: list[dict]) -> dict:
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "settings": {
             "model": f"{model}, random weights in Hugging Face's layout",
-            "hub": f"a stand-in Hub on 127.0.0.1 as {REPO}",
+            "hub": f"HF_HOME's cache as {REPO} (HF_HUB_OFFLINE=1)",
             "rounds": rounds,
             "prompt": DATA[0],
             "new_tokens": DATA[1],

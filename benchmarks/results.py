@@ -282,7 +282,7 @@ def render_first_visit(record: dict) -> str:
         for kind, label in FIRST_VISIT_KINDS.items()
     ]
     what = (
-        f"`python app.py` with no arguments, {s['model']} from {s['hub']}, already in HF_HOME; the first"
+        f"`python app.py` with no arguments, {s['model']}, from {s['hub']}; the first"
         f" /generate call ({s['new_tokens']} new tokens) as soon as the page answers; median of {s['rounds']}"
         " rounds, the two starts of a round back to back"
     )
