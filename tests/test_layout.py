@@ -146,6 +146,18 @@ def test_each_part_imports_only_what_it_may():
     assert not inside, f"modules inside gpt2/ import the facade `gpt2`: {inside}"
 
 
+def test_nothing_outside_tests_imports_them():
+    """The tests' helpers stay theirs: no module of the project imports from tests/ (by package or by the
+    names tests/ puts on sys.path)."""
+    modules = project_modules()
+    test_names = {"tests", "conftest"} | {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()}
+    test_names |= {p.stem for p in (ROOT / "tests").rglob("test_*.py")}
+    test_names -= {name.split(".")[0] for name in modules}  # tests/app mirrors app.py + ui/: not a package
+    for name, path in modules.items():
+        used = {t.split(".")[0] for t in imports_of(name, path, modules)} & test_names
+        assert not used, f"{name} imports the tests' {sorted(used)}"
+
+
 def test_no_import_circles():
     edges, _ = graph()
     edges = {m: t - {FACADE} for m, t in edges.items() if m != FACADE}
