@@ -15,6 +15,7 @@ KW = dict(max_new_tokens=24, temperature=0.9, top_k=40, top_p=1.0, repetition_pe
 PROMPT = "Every effort moves you"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_registry_serves_packed_precision(tmp_path_factory, bpe_dir, precision):
     weights = shared_weights_dir(tmp_path_factory, bpe_dir)

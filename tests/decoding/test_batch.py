@@ -69,6 +69,7 @@ def run_concurrently(scheduler, requests):
     return results
 
 
+@pytest.mark.slow
 def test_concurrent_requests_match_running_alone(tiny_model, tokenizer):
     requests = mixed_requests(tokenizer, tiny_model, 12)
     expected = [alone(tiny_model, tokenizer, p, **kw) for p, kw in requests]

@@ -134,7 +134,7 @@ def run_sequence(runner, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
 @pytest.mark.parametrize(
     "config",
     [
-        WIDE,
+        pytest.param(WIDE, marks=pytest.mark.slow),  # full width: CI; the fast tier keeps the narrow ones
         GPT2Config(n_ctx=96, n_embd=128, n_head=4, n_layer=2),
         GPT2Config(n_ctx=96, n_embd=64, n_head=4, n_layer=3),
     ],
@@ -187,6 +187,7 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max()).item()
 
 
+@pytest.mark.slow
 @needs_native
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_native_precisions_within_tolerance(wide_model, wide_in, precision):
@@ -677,6 +678,7 @@ def test_a_mismatched_library_is_unavailable_with_a_reason(tmp_path, patch, reas
     assert done.stdout.split("\n")[0] == "False" and reason in done.stdout, done.stdout
 
 
+@pytest.mark.slow
 @needs_native
 def test_narrow_precisions_are_used_not_replaced(wide_model):
     """Where the engine runs every precision, asking for one gives it on the engine (no fp32 fallback, no
@@ -711,6 +713,7 @@ def test_narrow_precisions_are_used_not_replaced(wide_model):
     assert done.stdout.startswith("int8 None ") and "GPT2_NATIVE=0" in done.stdout
 
 
+@pytest.mark.slow
 def test_disabled_engine_falls_back_to_torch_with_a_reason(tmp_path):
     code = (
         "import torch, pytest\n"

@@ -105,6 +105,7 @@ def test_int4_scales_beat_q4_0():
     assert rel_err(lin(x), torch.nn.functional.linear(x, lin.dequantized(), lin.bias)) <= ACT_TOL["int4"]
 
 
+@pytest.mark.slow
 def test_packing_refuses_what_the_precision_cannot_hold(wide_model):
     """f16 holds |w| <= 65504 and int4's f16 scales a few times more: beyond that, or NaN, a ValueError says
     so before anything changes (the model stays fp32, its layers as they were)."""
@@ -140,6 +141,7 @@ def test_wide_layers_are_widened_in_slices_with_the_same_bits(monkeypatch, cls):
         monkeypatch.setattr(packing, "WIDEN_BYTES", 16 << 20)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", list(PACKED))
 def test_long_prompts_run_packed_layers_through_the_engine_gemm(monkeypatch, precision):
     """Where the engine runs a precision, PyTorch's path (a prompt longer than the engine takes) sends
@@ -161,6 +163,7 @@ def test_long_prompts_run_packed_layers_through_the_engine_gemm(monkeypatch, pre
     assert len(calls) == 4 * WIDE.n_layer + 1 and rel_err(got, want) <= 1e-5
 
 
+@pytest.mark.slow
 def test_bytes_per_token_shrink_with_precision():
     """Each block weight takes BYTES_PER_WEIGHT bytes (int8's row scales on top); the head is stored in
     its own precision (int8 for int4); a decode step reads them all."""
@@ -184,6 +187,7 @@ def test_bytes_per_token_shrink_with_precision():
     assert sizes["int4"] < sizes["int8"] < 0.27 * sizes["fp32"]  # 2 layers: the int8 head is most of both
 
 
+@pytest.mark.slow
 def test_load_model_in_each_precision(tmp_path, wide_model):
     path = tmp_path / "gpt2-wide.safetensors"
     save_model(wide_model, path, name="wide")
@@ -205,6 +209,7 @@ def test_load_model_in_each_precision(tmp_path, wide_model):
         load_model(path, precision="int3")
 
 
+@pytest.mark.slow
 def test_no_silent_fallback(tmp_path, wide_model, monkeypatch):
     """Where the engine cannot run a precision: engine=True refuses with the reason; the default warns
     that bf16/int8 on PyTorch's path are not the fast mode."""

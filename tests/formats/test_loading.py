@@ -28,6 +28,7 @@ def logits(model, idx):
         return model(idx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
 def test_packed_file_round_trips_to_the_same_bits(tmp_path, fp32_file, precision):
     """fp32 file → packed at load → saved packed → loaded as it is: the same tensors, the same logits."""

@@ -102,6 +102,7 @@ def test_a_failed_load_is_reported_to_everyone_and_tried_again(folder):
     assert registry.get("c").runtime.name == "c"  # the next request loads it
 
 
+@pytest.mark.slow
 def test_the_least_recently_used_idle_model_is_unloaded_and_freed(folder):
     registry = registry_for(folder, capacity=2.5)
     server = Server(registry, max_batch=1)  # its hook drops what it keeps of an unloaded model

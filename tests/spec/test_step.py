@@ -66,6 +66,7 @@ def test_mixed_step_chunks_and_rows_of_several_slots(model):
     assert got.shape == (3, WIDE.n_vocab) and (got - want).abs().max() <= TOL
 
 
+@pytest.mark.slow
 def test_step_equals_hugging_face_over_a_long_prompt(model):
     hf = hf_from_ours(model)
     idx = torch.randint(0, WIDE.n_vocab, (1, 300), generator=torch.Generator().manual_seed(7))
