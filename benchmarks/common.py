@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib.metadata
@@ -146,6 +147,17 @@ def environment(module: str, argv: list[str], threads: int) -> dict:
 def _march_prefix() -> list[str]:
     march = os.environ.get(MARCH_ENV)
     return [f"{MARCH_ENV}={march}"] if march else []
+
+
+def start(module: str, argv: list[str] | None, parse_args: Callable) -> tuple[argparse.Namespace, dict]:
+    """A benchmark's first steps: its arguments (the command line's by default), torch on `--threads`,
+    and the facts of the run (`environment`), printed as every benchmark's header."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    env = environment(module, argv, args.threads)
+    print(describe_environment(env))
+    return args, env
 
 
 def describe_environment(env: dict) -> str:

@@ -114,11 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    env = common.environment(MODULE, argv, args.threads)
-    print(common.describe_environment(env))
+    args, env = common.start(MODULE, argv, parse_args)
     reason = llamacpp.unavailable_reason()
     if reason:
         print(f"note: llama.cpp rows skipped: {reason}")

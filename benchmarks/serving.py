@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks import common, inside, load, results
 from gpt2 import PRECISIONS, SIZES, generate
 
@@ -175,11 +173,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    env = common.environment(MODULE, argv, args.threads)
-    print(common.describe_environment(env))
+    args, env = common.start(MODULE, argv, parse_args)
     if args.load:
         record, ok = load.run(args, env)
     else:
