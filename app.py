@@ -5,10 +5,8 @@
 With no --weights (nor GPT2_WEIGHTS) it serves the converted models in weights/, or, if there are none,
 OpenAI's four sizes from the Hugging Face Hub: 124M loaded at start-up, the others when first chosen.
 
-Wiring only: the page is built by `ui.layout` (its components, named by role), requests are checked,
-scheduled and streamed by `gpt2.serving`, and rendered by `ui.render`; here events meet handlers, which
-return updates keyed by component. Host and port come from Gradio's environment (GRADIO_SERVER_NAME,
-GRADIO_SERVER_PORT).
+Wiring only: the page is built by `ui.layout`, requests are checked, scheduled and streamed by
+`gpt2.serving`, rendered by `ui.render`; here events meet handlers, which return updates keyed by component.
 
 API (parameters by name, see README.md, "Using the API"):
     /generate             the continuation so far, as a string, at each update

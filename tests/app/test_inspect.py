@@ -30,7 +30,7 @@ from gpt2.decoding.sequence import prompt_ids
 from gpt2.serving import ModelRegistry
 from ui import api
 
-CLIENTS_PAGE = "docs/clients-and-hub.md"  # the /inspect table and curl example (README: the Python one)
+CLIENTS_PAGE = "docs/clients-and-hub.md"  # /inspect's table and its Python and curl examples
 TEXT = "Every effort moves you"
 
 
@@ -180,8 +180,9 @@ def readme_block(language: str, needle: str, page: str = "README.md") -> str:
     return found[0]
 
 
-def test_readme_python_example(server):
-    example = readme_block("python", 'api_name="/inspect"').replace("http://127.0.0.1:7860/", server.url)
+def test_python_example(server):
+    example = readme_block("python", 'api_name="/inspect"', CLIENTS_PAGE)
+    example = example.replace("http://127.0.0.1:7860/", server.url)
     done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     want = library(server, TEXT, 3)
